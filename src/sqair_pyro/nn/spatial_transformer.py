@@ -1,0 +1,98 @@
+"""The spatial transformer ST of the paper (Fig. 1; Alg. 1-3), for axis-aligned boxes.
+
+``z_where = (s_x, s_y, t_x, t_y)`` maps glimpse coordinates ``u`` to canvas coordinates ``x``,
+both normalised to ``[-1, 1]`` (``align_corners=False`` convention)::
+
+    x = s_x * u_x + t_x,        y = s_y * u_y + t_y.
+
+So a glimpse covers a window ``s_x * W`` pixels wide centred at pixel ``(t_x + 1) W / 2``.
+
+Because the map is a scale and a shift per axis, bilinear sampling is separable: resampling
+an ``H x W`` image onto a ``h x w`` grid is ``A_y @ image @ A_x^T`` with the "hat" weights
+``A[i, p] = max(0, 1 - |coord_i - p|)``. That is exactly ``affine_grid`` + ``grid_sample``
+(bilinear, zero padding, ``align_corners=False``) but costs two small matrix products.
+
+- :func:`glimpse`  ``g = ST(x, z_where)``: extract a glimpse from an image.
+- :func:`place`    ``y = ST^{-1}(g, z_where)``: draw a glimpse onto a canvas (the inverse).
+- :func:`z_where_to_boxes` / :func:`boxes_to_z_where`: the one place that converts between
+  ``z_where`` and pixel boxes ``(x, y, width, height)``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _pixel_centres(n: int, like: torch.Tensor) -> torch.Tensor:
+    """Normalised coordinates of the centres of ``n`` pixels: ``(2 i + 1) / n - 1``."""
+    return (2 * torch.arange(n, dtype=like.dtype, device=like.device) + 1) / n - 1
+
+
+def _hat_weights(coords: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear weights of source pixels ``0..size-1`` for normalised source ``coords``.
+
+    ``coords`` (..., n) in ``[-1, 1]`` units of a ``size``-pixel axis; returns (..., n, size).
+    Pixels outside the axis get no weight (zero padding).
+    """
+    pixel = ((coords + 1) * size - 1) / 2  # continuous pixel index
+    grid = torch.arange(size, dtype=coords.dtype, device=coords.device)
+    return torch.relu(1 - (pixel.unsqueeze(-1) - grid).abs())
+
+
+def glimpse(images: torch.Tensor, z_where: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Extract glimpses ``g = ST(x, z_where)`` (paper Alg. 2 line 7, Alg. 3 line 10).
+
+    :param images: ``(*batch, H, W)`` images.
+    :param z_where: ``(*batch, 4)`` as ``(s_x, s_y, t_x, t_y)``; batch dims broadcast.
+    :param size: glimpse ``(height, width)``, e.g. ``(20, 20)`` or ``(28, 12)``.
+    :returns: ``(*batch, height, width)`` glimpses.
+    """
+    h, w = size
+    sx, sy, tx, ty = z_where.unbind(-1)
+    # Canvas coordinates of every glimpse pixel centre, per axis.
+    ys = sy.unsqueeze(-1) * _pixel_centres(h, z_where) + ty.unsqueeze(-1)  # (*batch, h)
+    xs = sx.unsqueeze(-1) * _pixel_centres(w, z_where) + tx.unsqueeze(-1)  # (*batch, w)
+    a_y = _hat_weights(ys, images.shape[-2])  # (*batch, h, H)
+    a_x = _hat_weights(xs, images.shape[-1])  # (*batch, w, W)
+    return a_y @ images @ a_x.transpose(-1, -2)
+
+
+def place(glimpses: torch.Tensor, z_where: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Draw glimpses on an empty canvas, ``y = ST^{-1}(g, z_where)`` (paper Alg. 1 line 5).
+
+    :param glimpses: ``(*batch, h, w)`` decoded glimpses.
+    :param z_where: ``(*batch, 4)`` as ``(s_x, s_y, t_x, t_y)``; ``s`` must be non-zero.
+    :param size: canvas ``(H, W)``.
+    :returns: ``(*batch, H, W)`` canvases, zero outside each glimpse's window.
+    """
+    height, width = size
+    sx, sy, tx, ty = z_where.unbind(-1)
+    # Glimpse coordinates of every canvas pixel centre: u = (x - t) / s.
+    vs = (_pixel_centres(height, z_where) - ty.unsqueeze(-1)) / sy.unsqueeze(-1)  # (*batch, H)
+    us = (_pixel_centres(width, z_where) - tx.unsqueeze(-1)) / sx.unsqueeze(-1)  # (*batch, W)
+    b_y = _hat_weights(vs, glimpses.shape[-2])  # (*batch, H, h)
+    b_x = _hat_weights(us, glimpses.shape[-1])  # (*batch, W, w)
+    return b_y @ glimpses @ b_x.transpose(-1, -2)
+
+
+def z_where_to_boxes(z_where: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Pixel boxes ``(x, y, width, height)`` of the windows that ``z_where`` describes.
+
+    :param z_where: ``(..., 4)``; :param size: canvas ``(H, W)``. Boxes are not clipped.
+    """
+    height, width = size
+    sx, sy, tx, ty = z_where.unbind(-1)
+    box_w, box_h = sx * width, sy * height
+    x = (tx + 1) * width / 2 - box_w / 2
+    y = (ty + 1) * height / 2 - box_h / 2
+    return torch.stack([x, y, box_w, box_h], dim=-1)
+
+
+def boxes_to_z_where(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`z_where_to_boxes`: pixel ``(x, y, width, height)`` to ``z_where``."""
+    height, width = size
+    x, y, box_w, box_h = boxes.unbind(-1)
+    sx, sy = box_w / width, box_h / height
+    tx = 2 * (x + box_w / 2) / width - 1
+    ty = 2 * (y + box_h / 2) / height - 1
+    return torch.stack([sx, sy, tx, ty], dim=-1)
