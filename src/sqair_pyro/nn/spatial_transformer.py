@@ -14,6 +14,7 @@ an ``H x W`` image onto a ``h x w`` grid is ``A_y @ image @ A_x^T`` with the "ha
 
 - :func:`glimpse`  ``g = ST(x, z_where)``: extract a glimpse from an image.
 - :func:`place`    ``y = ST^{-1}(g, z_where)``: draw a glimpse onto a canvas (the inverse).
+- :func:`where_to_transform`: the latent (unconstrained) z_where to ``(s_x, s_y, t_x, t_y)``.
 - :func:`z_where_to_boxes` / :func:`boxes_to_z_where`: the one place that converts between
   ``z_where`` and pixel boxes ``(x, y, width, height)``.
 """
@@ -73,6 +74,15 @@ def place(glimpses: torch.Tensor, z_where: torch.Tensor, size: tuple[int, int]) 
     b_y = _hat_weights(vs, glimpses.shape[-2])  # (*batch, H, h)
     b_x = _hat_weights(us, glimpses.shape[-1])  # (*batch, W, w)
     return b_y @ glimpses @ b_x.transpose(-1, -2)
+
+
+def where_to_transform(z_where: torch.Tensor) -> torch.Tensor:
+    """The transformer's ``(s_x, s_y, t_x, t_y)`` from an unconstrained latent z_where.
+
+    The latent is Gaussian in the models; scales go through a sigmoid (so a glimpse is never
+    larger than the canvas nor of zero size), shifts are used as they are.
+    """
+    return torch.cat([torch.sigmoid(z_where[..., :2]), z_where[..., 2:]], dim=-1)
 
 
 def z_where_to_boxes(z_where: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -1,0 +1,136 @@
+"""The inference network of AIR (Eslami et al., 2016; SQAIR paper Eq. 2, Fig. 2 left).
+
+An RNN attends to the image one object at a time; each step infers
+``z_pres^i``, then ``z_where^i``, extracts a glimpse there and infers ``z_what^i``::
+
+    e = h^enc(x)                                             encode the image once
+    for i < N:
+        w^i, h^i = R^D(e, l, z_what^{i-1}, z_where^{i-1}, z_pres^{i-1}, h^{i-1})
+        z_pres^i  ~ Bernoulli(f(w^i) * z_pres^{i-1})          stop at the first absent object
+        z_where^i ~ N(g(w^i))
+        z_what^i  ~ N(k(h^glimpse(ST(x, z_where^i)), w^i))
+
+SQAIR's discovery (paper Alg. 3) is the same RNN with ``l``, a summary of the objects
+already propagated to this frame, as an extra input; AIR has no such objects (``l`` empty).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from sqair_pyro.models.air import LATENTS
+from sqair_pyro.nn.modules import BernoulliHead, GaussianHead, bcat, flat_cell
+from sqair_pyro.nn.spatial_transformer import glimpse, where_to_transform
+
+
+def baseline_options(
+    baseline: nn.Module | None, frame: torch.Tensor, slot: int, num_slots: int
+) -> dict:
+    """``infer`` options of a presence site for TraceGraph_ELBO's learned (NVIL) baseline.
+
+    The baseline sees the frame and which slot is deciding; VIMCO needs no baseline.
+    """
+    if baseline is None:
+        return {}
+    slot_code = frame.new_zeros(*frame.shape[:-2], num_slots)
+    slot_code[..., slot] = 1
+    inputs = torch.cat([frame.flatten(-2), slot_code], dim=-1).detach()
+    return {"baseline": {"nn_baseline": baseline, "nn_baseline_input": inputs}}
+
+
+class DiscoveryRNN(nn.Module):
+    """``q^D``: the AIR-style RNN over free object slots (Eq. 2; SQAIR Alg. 3 lines 5-13)."""
+
+    def __init__(
+        self,
+        glimpse_encoder: nn.Module,
+        input_dim: int,
+        max_objects: int,
+        z_what_dim: int,
+        hidden: int,
+        glimpse_size: tuple[int, int],
+        where_init: torch.Tensor,
+        pres_bias: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.max_objects = max_objects
+        self.z_what_dim = z_what_dim
+        self.glimpse_size = glimpse_size
+        self.glimpse_encoder = glimpse_encoder
+        self.rnn = nn.RNNCell(input_dim + z_what_dim + 4 + 1, hidden)
+        self.pres_head = BernoulliHead(hidden, [hidden], bias=pres_bias)
+        self.where_head = GaussianHead(
+            hidden, 4, [hidden], scale_offset=-3.0, min_scale=0.01, loc_init=where_init
+        )
+        self.what_head = GaussianHead(glimpse_encoder.out_dim + hidden, z_what_dim, [hidden])
+        # Learned baselines for TraceGraph_ELBO (NVIL, as Pyro's AIR example); VIMCO needs none.
+        self.baseline: nn.Module | None = None
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        context: torch.Tensor,
+        num_free: torch.Tensor | None,
+        site: Callable[[str, int], str],
+    ) -> dict[str, torch.Tensor]:
+        """Discover up to ``N`` objects in ``image`` (..., H, W).
+
+        :param context: (..., C) the image encoding and anything else the RNN conditions on.
+        :param num_free: (...,) slots left for new objects (``N - P_t``); None: all ``N``.
+        :param site: the sample-site name of a latent ``kind`` in slot ``i``.
+        :returns: the stacked latents (..., N, ·) and ``features``, the glimpse encodings.
+        """
+        batch = context.shape[:-1]
+        h = context.new_zeros(*batch, self.rnn.hidden_size)
+        z_what = context.new_zeros(*batch, self.z_what_dim)
+        z_where = context.new_zeros(*batch, 4)
+        z_pres = context.new_ones(*batch, 1)
+        latents: dict[str, list[torch.Tensor]] = {name: [] for name in (*LATENTS, "features")}
+        for i in range(self.max_objects):
+            h = flat_cell(self.rnn, bcat([context, z_what, z_where, z_pres]), h)
+            p = self.pres_head(h) * z_pres
+            if num_free is not None:  # at most N - P_t new objects (Eq. 8)
+                p = p * (num_free > i).unsqueeze(-1).to(p.dtype)
+            z_pres = pyro.sample(
+                site("z_pres", i),
+                dist.Bernoulli(p).to_event(1),
+                infer=baseline_options(self.baseline, image, i, self.max_objects),
+            )
+            present = z_pres[..., 0].bool()
+            loc, scale = self.where_head(h)
+            z_where = pyro.sample(
+                site("z_where", i), dist.Normal(loc, scale).to_event(1).mask(present)
+            )
+            features = self.glimpse_encoder(
+                glimpse(image, where_to_transform(z_where), self.glimpse_size)
+            )
+            loc, scale = self.what_head(bcat([features, h]))
+            z_what = pyro.sample(
+                site("z_what", i), dist.Normal(loc, scale).to_event(1).mask(present)
+            )
+            for name, value in zip(latents, (z_pres, z_where, z_what, features), strict=True):
+                latents[name].append(value)
+        return {name: torch.stack(values, dim=-2) for name, values in latents.items()}
+
+
+class AIRGuide(nn.Module):
+    """``q_phi(z | x)`` of AIR: encode the image once, then the discovery RNN (App. D.2)."""
+
+    def __init__(self, image_encoder: nn.Module, discovery: DiscoveryRNN) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.discovery = discovery
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Infer the latents of ``images`` (B, H, W); returns them stacked, (..., N, ·)."""
+        pyro.module("air_guide", self)
+        with pyro.plate("data", images.shape[0], dim=-1):
+            encoding = self.image_encoder(images)  # (B, hidden), once per image
+            latents = self.discovery(images, encoding, None, lambda kind, i: f"{kind}_{i}")
+        latents.pop("features")
+        return latents

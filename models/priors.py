@@ -1,0 +1,160 @@
+"""Prior components handed to the generative programs, so each can be swapped alone.
+
+The discovery prior (paper Eq. 7-8) draws the number of new objects
+``D_t ~ Categorical(0..N - P_t)``. A Pyro model samples it one object slot at a time, as
+the guide does, by writing the categorical as a chain of Bernoulli "continue" decisions
+(stick breaking): slot ``i`` holds a new object with probability
+
+    rho_i = P(D_t > i | D_t >= i) = sum_{k > i} pi_k / sum_{k >= i} pi_k,
+
+given that slot ``i - 1`` did, and the chain stops at the first empty slot. The product
+of these Bernoulli probabilities is exactly ``Categorical(D_t; pi)``, so both views are one
+prior. A researcher swaps the prior by handing another object with the same
+:meth:`continue_probs` to the model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sqair_pyro.models.state import ObjectState
+from sqair_pyro.nn.modules import bcat, flat_cell
+
+
+class DiscoveryPrior(nn.Module):
+    """Base class: per-slot continue probabilities of the number of new objects."""
+
+    max_objects: int
+
+    def count_logits(self, num_propagated: torch.Tensor, t: int) -> torch.Tensor:
+        """Unnormalised log-probabilities of ``D_t = 0..N`` (masked later to ``N - P_t``)."""
+        raise NotImplementedError
+
+    def continue_probs(self, num_propagated: torch.Tensor, t: int) -> torch.Tensor:
+        """``rho_i`` for slots ``i = 0..N-1`` (Eq. 8 as stick breaking), shape (..., N).
+
+        :param num_propagated: ``P_t`` (...,), objects already present at time ``t``.
+        :param t: the time step (0-based); AIR uses ``t = 0`` and ``P_t = 0``.
+        """
+        n = self.max_objects
+        counts = torch.arange(n + 1, device=num_propagated.device)
+        logits = self.count_logits(num_propagated, t)  # (..., N + 1)
+        allowed = counts <= (n - num_propagated).unsqueeze(-1)  # D_t <= N - P_t
+        logits = logits.masked_fill(~allowed, -math.inf)
+        # log sum_{k >= i} pi_k for i = 0..N, then append log 0 for i = N + 1.
+        tail = torch.logcumsumexp(logits.flip(-1), dim=-1).flip(-1)
+        tail = torch.cat([tail, torch.full_like(tail[..., :1], -math.inf)], dim=-1)
+        ratio = (tail[..., 1:] - tail[..., :-1])[..., :n]
+        # Slots past N - P_t have tail = -inf on both sides: probability zero, not NaN.
+        return torch.exp(ratio).nan_to_num(0.0)
+
+
+class CategoricalDiscoveryPrior(DiscoveryPrior):
+    """Learnable categorical over ``0..N`` new objects (Eq. 8 and REFERENCE §3).
+
+    ``logits = base + [t > 0] * bias_no_new * onehot(0) + MLP(P_t)``: the time-step bias
+    favours "no new objects" after the first frame (starts at +10 on zero).
+    """
+
+    def __init__(self, max_objects: int, hidden: int = 32, no_new_bias: float = 10.0) -> None:
+        super().__init__()
+        self.max_objects = max_objects
+        self.base = nn.Parameter(torch.zeros(max_objects + 1))
+        self.no_new_bias = nn.Parameter(torch.tensor(float(no_new_bias)))
+        self.from_propagated = nn.Sequential(
+            nn.Linear(1, hidden), nn.ELU(), nn.Linear(hidden, max_objects + 1)
+        )
+        nn.init.zeros_(self.from_propagated[-1].weight)
+        nn.init.zeros_(self.from_propagated[-1].bias)
+
+    def count_logits(self, num_propagated: torch.Tensor, t: int) -> torch.Tensor:
+        logits = self.base + self.from_propagated(num_propagated.unsqueeze(-1).float())
+        if t > 0:
+            no_new = torch.zeros_like(self.base)
+            no_new[0] = 1.0
+            logits = logits + self.no_new_bias * no_new
+        return logits
+
+
+class GeometricDiscoveryPrior(DiscoveryPrior):
+    """Fixed geometric prior: every free slot holds a new object with probability ``rho``.
+
+    Truncated at ``N - P_t``. The AIR paper's sparsity prior; a drop-in for the categorical.
+    """
+
+    def __init__(self, max_objects: int, rho: float = 0.5) -> None:
+        super().__init__()
+        self.max_objects = max_objects
+        self.rho = rho
+
+    def count_logits(self, num_propagated: torch.Tensor, t: int) -> torch.Tensor:
+        k = torch.arange(self.max_objects + 1, device=num_propagated.device, dtype=torch.float)
+        logits = k * math.log(self.rho) + math.log1p(-self.rho)
+        logits[-1] = k[-1] * math.log(self.rho)  # the last count takes the whole tail
+        return logits.expand(*num_propagated.shape, -1)
+
+
+class WhatWherePrior(nn.Module):
+    """Fixed isotropic Gaussians ``p^D(z_what)``, ``p^D(z_where)`` of new objects (Eq. 7).
+
+    z_where is kept unconstrained: ``(s_x, s_y) = sigmoid(z[:2])``, ``(t_x, t_y) = z[2:]``.
+    The scale logit is centred at ``scale_logit`` (-0.6: glimpses about 35% of the canvas).
+    """
+
+    def __init__(
+        self,
+        z_what_dim: int,
+        scale_logit: float = -0.6,
+        scale_sd: float = 0.5,
+        shift_sd: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("what_loc", torch.zeros(z_what_dim))
+        self.register_buffer("what_scale", torch.ones(z_what_dim))
+        self.register_buffer("where_loc", torch.tensor([scale_logit, scale_logit, 0.0, 0.0]))
+        self.register_buffer("where_scale", torch.tensor([scale_sd, scale_sd, shift_sd, shift_sd]))
+
+
+class PropagationPrior(nn.Module):
+    """``p^P(z_t | z_{t-1})`` (paper Eq. 9-10): a GRU per object over time.
+
+    ``h^i_{t-1} = GRU([z_what^i_{t-1}, z_where^i_{t-1}], h^i_{t-2})`` and from it
+    the survival probability ``f(h)`` (its logit bias starts at ``+survive_bias``, so
+    objects stay), and Gaussians for z_where and z_what centred on their previous values.
+    """
+
+    def __init__(self, z_what_dim: int, hidden_size: int, survive_bias: float = 10.0) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.z_what_dim = z_what_dim
+        self.gru = nn.GRUCell(z_what_dim + 4, hidden_size)
+        self.survive = nn.Linear(hidden_size, 1)
+        nn.init.constant_(self.survive.bias, survive_bias)
+        self.where = nn.Linear(hidden_size, 8)
+        self.what = nn.Linear(hidden_size, 2 * z_what_dim)
+        for layer in (self.where, self.what):  # start as "stay where and as you were"
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def update(
+        self, z_what: torch.Tensor, z_where: torch.Tensor, hidden: torch.Tensor
+    ) -> torch.Tensor:
+        """One GRU step for every slot: (..., N, ·) to (..., N, H)."""
+        return flat_cell(self.gru, bcat([z_what, z_where]), hidden)
+
+    def forward(self, hidden: torch.Tensor, previous: ObjectState) -> tuple[torch.Tensor, ...]:
+        """``(survive, where_loc, where_scale, what_loc, what_scale)``, each (..., N, ·)."""
+        survive = torch.sigmoid(self.survive(hidden))
+        where_delta, where_raw = self.where(hidden).chunk(2, dim=-1)
+        what_delta, what_raw = self.what(hidden).chunk(2, dim=-1)
+        return (
+            survive,
+            previous.z_where + where_delta,
+            F.softplus(where_raw - 2.0) + 1e-3,
+            previous.z_what + what_delta,
+            F.softplus(what_raw - 1.0) + 1e-3,
+        )

@@ -1,0 +1,63 @@
+"""Build a model and its guide from a :class:`~sqair_pyro.config.Config`."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from sqair_pyro.config import Config
+from sqair_pyro.guides.air import AIRGuide, DiscoveryRNN
+from sqair_pyro.models.air import AIRModel
+from sqair_pyro.models.likelihood import AdditiveSTLikelihood
+from sqair_pyro.models.priors import (
+    CategoricalDiscoveryPrior,
+    DiscoveryPrior,
+    GeometricDiscoveryPrior,
+    WhatWherePrior,
+)
+from sqair_pyro.nn.modules import MLP, GlimpseDecoderMLP, GlimpseEncoderMLP, ImageEncoderMLP
+
+
+def discovery_prior(config: Config) -> DiscoveryPrior:
+    """The discovery prior named by ``config.discovery_prior``."""
+    if config.discovery_prior == "categorical":
+        return CategoricalDiscoveryPrior(config.max_objects)
+    if config.discovery_prior == "geometric":
+        return GeometricDiscoveryPrior(config.max_objects)
+    raise ValueError(f"unknown discovery prior {config.discovery_prior!r}")
+
+
+def build(config: Config) -> tuple[nn.Module, nn.Module]:
+    """``(model, guide)`` as nn.Modules whose ``forward`` are the Pyro programs."""
+    if config.encoder != "mlp":
+        raise NotImplementedError(f"encoder {config.encoder!r} is not built yet")
+    hidden = config.hidden
+    what_where = WhatWherePrior(config.z_what_dim)
+    decoder = GlimpseDecoderMLP(config.z_what_dim, [hidden] * 3, config.glimpse_size)
+    likelihood = AdditiveSTLikelihood(decoder, config.image_size, config.obs_sd)
+    if config.model == "air":
+        model = AIRModel(config.max_objects, discovery_prior(config), what_where, likelihood)
+        image_encoder = ImageEncoderMLP(config.image_size, [hidden, hidden])
+        discovery = DiscoveryRNN(
+            glimpse_encoder=GlimpseEncoderMLP(config.glimpse_size, [hidden, hidden]),
+            input_dim=image_encoder.out_dim,
+            max_objects=config.max_objects,
+            z_what_dim=config.z_what_dim,
+            hidden=hidden,
+            glimpse_size=config.glimpse_size,
+            where_init=what_where.where_loc,
+        )
+        if config.objective == "tracegraph":
+            discovery.baseline = baseline_network(config)
+        return model, AIRGuide(image_encoder, discovery)
+    raise NotImplementedError(f"model {config.model!r} is not built yet")
+
+
+def baseline_network(config: Config) -> nn.Module:
+    """NVIL baseline b(x_t, slot) for TraceGraph_ELBO: an MLP of the frame and a slot code."""
+    n_in = config.image_size[0] * config.image_size[1] + config.max_objects
+    return nn.Sequential(MLP([n_in, config.hidden, 1]), nn.Flatten(-2))
+
+
+def num_parameters(*modules: nn.Module) -> int:
+    """Trainable parameters of the given modules together."""
+    return sum(p.numel() for m in modules for p in m.parameters() if p.requires_grad)

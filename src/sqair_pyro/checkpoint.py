@@ -1,0 +1,91 @@
+"""Checkpoints: written atomically, read back with clear errors, rebuilt from the file alone."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sqair_pyro.build import build
+from sqair_pyro.config import Config
+
+FORMAT = "sqair-pyro-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that is missing, corrupt or of another kind."""
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, then rename it over ``path``.
+
+    A crash mid-write leaves the previous file intact, never a truncated one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    config: Config,
+    model: nn.Module,
+    guide: nn.Module,
+    **extra: Any,
+) -> Path:
+    """Save the config, the model's and guide's weights, and ``extra`` training state."""
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": config.to_dict(),
+        "model": model.state_dict(),
+        "guide": guide.state_dict(),
+        **extra,
+    }
+    return save_atomic(payload, path)
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict[str, Any]:
+    """The raw checkpoint dictionary, checked to be one of ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as error:  # torch raises many kinds for a damaged file
+        raise CheckpointError(f"cannot read checkpoint {path}: {error}") from error
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a sqair-pyro checkpoint")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {payload.get('version')}")
+    return payload
+
+
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str = "cpu"
+) -> tuple[Config, nn.Module, nn.Module, dict[str, Any]]:
+    """Rebuild ``(config, model, guide, payload)`` from a checkpoint file alone."""
+    payload = read_checkpoint(path, map_location)
+    try:
+        config = Config.from_dict(payload["config"])
+        model, guide = build(config)
+        model.load_state_dict(payload["model"])
+        guide.load_state_dict(payload["guide"])
+    except (KeyError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"checkpoint {path} does not match its config: {error}") from error
+    return config, model.to(map_location), guide.to(map_location), payload

@@ -1,0 +1,119 @@
+"""The ``sqair-pyro`` command: argument parsing only; the work is done by library functions."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from pathlib import Path
+
+from sqair_pyro.config import PRESETS, preset
+
+
+def _parse_override(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+def cmd_make_data(args: argparse.Namespace) -> None:
+    from sqair_pyro.data import make_data
+
+    train_path, test_path = make_data(
+        args.out,
+        train_size=args.train_size,
+        test_size=args.test_size,
+        seed=args.seed,
+        mnist_dir=args.mnist_dir,
+    )
+    print(f"wrote {train_path} and {test_path}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    import torch
+
+    from sqair_pyro.train import train
+
+    overrides = dict(args.set or [])
+    for key in ("objective", "optimizer", "lr", "num_particles", "batch_size", "seed"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    if args.steps is not None:
+        overrides["num_steps"] = args.steps
+    if args.clip_norm is not None:
+        overrides["clip_norm"] = args.clip_norm
+    config = preset(args.preset, **overrides)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    best = train(config, args.data, args.out, resume=args.resume, device=args.device)
+    print(f"best checkpoint: {best}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from sqair_pyro.demo import run_demo
+
+    print(f"demo written to {run_demo(args.out, mnist_dir=args.mnist_dir)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sqair-pyro", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("make-data", help="generate moving multi-MNIST (train.npz, test.npz)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--train-size", type=int, default=60000)
+    p.add_argument("--test-size", type=int, default=10000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mnist-dir", type=Path, help="directory with the four MNIST IDX files")
+    p.set_defaults(func=cmd_make_data)
+
+    p = sub.add_parser("train", help="train a model with SVI")
+    p.add_argument("--preset", choices=sorted(PRESETS), required=True)
+    p.add_argument("--data", type=Path, required=True, help="directory with train.npz")
+    p.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, logs)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--objective", choices=["vimco", "reinforce", "tracegraph"])
+    p.add_argument("--optimizer", choices=["adam", "rmsprop"])
+    p.add_argument("--lr", type=float)
+    p.add_argument("--clip-norm", type=float)
+    p.add_argument("--num-particles", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--set",
+        type=_parse_override,
+        action="append",
+        metavar="KEY=VALUE",
+        help="override any config field, e.g. --set curriculum_every=500",
+    )
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="the main job: data, model, figures")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--mnist-dir", type=Path)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from sqair_pyro.checkpoint import CheckpointError
+    from sqair_pyro.train import TrainingDivergedError
+
+    try:
+        args.func(args)
+    except (FileNotFoundError, ValueError, CheckpointError, TrainingDivergedError) as error:
+        print(f"sqair-pyro {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""One config object holds every hyper-parameter; it is saved inside every checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Config:
+    """Architecture and training settings (defaults: MLP-SQAIR, paper App. D)."""
+
+    # What to build.
+    model: str = "sqair"  # "air" or "sqair"
+    encoder: str = "mlp"  # "mlp" or "conv"
+    image_size: tuple[int, int] = (50, 50)
+    glimpse_size: tuple[int, int] = (20, 20)
+    max_objects: int = 3
+    z_what_dim: int = 50
+    hidden: int = 256
+    obs_sd: float = 0.3
+    discovery_prior: str = "categorical"  # or "geometric"
+    # Training.
+    objective: str = "vimco"  # "vimco", "reinforce" or "tracegraph"
+    num_particles: int = 5
+    batch_size: int = 32
+    optimizer: str = "adam"  # "adam" or "rmsprop" (momentum 0.9, as in the paper)
+    lr: float = 1e-4
+    lr_decay_steps: list[int] = field(default_factory=list)  # multiply lr by lr_decay at each
+    lr_decay: float = 1 / 3
+    clip_norm: float = 10.0  # global gradient norm
+    baseline_lr: float = 1e-3  # NVIL baselines (objective "tracegraph" only)
+    num_steps: int = 20000
+    # Sequence-length curriculum: start with this many frames, add one every curriculum_every.
+    curriculum_start: int = 3
+    curriculum_every: int = 2000
+    num_frames: int = 10
+    seed: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 500
+    validate_every: int = 1000
+    validation_size: int = 500
+    early_stopping_patience: int = 10  # validations without improvement before stopping
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Config:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        values = dict(values)
+        for key in ("image_size", "glimpse_size"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, Config] = {
+    "mlp-sqair": Config(),
+    "conv-sqair": Config(encoder="conv", hidden=128),
+    "mlp-air": Config(model="air", num_frames=1, curriculum_start=1),
+}
+
+
+def preset(name: str, **overrides: Any) -> Config:
+    """A named preset (``mlp-sqair``, ``conv-sqair``, ``mlp-air``) with optional overrides."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name].replace(**overrides)

@@ -1,0 +1,129 @@
+"""Pure torch networks shared by the models and guides (paper App. D.2). No Pyro in here.
+
+Every module accepts any number of leading batch dimensions (batch and particles share
+them), so the Pyro programs never reshape by hand.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MLP(nn.Sequential):
+    """Fully connected layers with ELU between them and no activation after the last."""
+
+    def __init__(self, sizes: list[int]):
+        layers: list[nn.Module] = []
+        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+            layers.append(nn.Linear(n_in, n_out))
+            if i < len(sizes) - 2:
+                layers.append(nn.ELU())
+        super().__init__(*layers)
+
+
+def flat_cell(cell: nn.RNNCellBase, inputs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    """Run an ``nn.RNNCell``/``nn.GRUCell`` on inputs with any leading batch dims."""
+    lead = torch.broadcast_shapes(inputs.shape[:-1], state.shape[:-1])
+    inputs = inputs.expand(*lead, inputs.shape[-1]).reshape(-1, inputs.shape[-1])
+    state = state.expand(*lead, state.shape[-1]).reshape(-1, state.shape[-1])
+    return cell(inputs, state).view(*lead, -1)
+
+
+class GaussianHead(nn.Module):
+    """An MLP from features to ``(loc, scale)`` of a diagonal Gaussian.
+
+    ``scale = softplus(raw + offset) + min_scale``; the offset is trainable and starts at
+    ``scale_offset`` (e.g. -3 for the posterior of z_where: small initial variance).
+    ``loc_init`` sets the initial bias of the location (e.g. the prior's mean).
+    """
+
+    def __init__(
+        self,
+        n_in: int,
+        n_out: int,
+        hidden: list[int],
+        scale_offset: float = 0.0,
+        min_scale: float = 1e-3,
+        loc_init: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.net = MLP([n_in, *hidden, 2 * n_out])
+        self.offset = nn.Parameter(torch.full((n_out,), float(scale_offset)))
+        self.min_scale = min_scale
+        if loc_init is not None:
+            with torch.no_grad():
+                self.net[-1].bias[:n_out].copy_(loc_init)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, raw = self.net(features).chunk(2, dim=-1)
+        return loc, F.softplus(raw + self.offset) + self.min_scale
+
+
+class BernoulliHead(nn.Module):
+    """An MLP from features to a presence probability; the last bias starts at ``bias``."""
+
+    def __init__(self, n_in: int, hidden: list[int], bias: float) -> None:
+        super().__init__()
+        self.net = MLP([n_in, *hidden, 1])
+        nn.init.constant_(self.net[-1].bias, bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(features))
+
+
+class ImageEncoderMLP(nn.Module):
+    """``h^enc(x_t)``: a whole frame to a feature vector (MLP variant)."""
+
+    def __init__(self, image_size: tuple[int, int], sizes: list[int]) -> None:
+        super().__init__()
+        self.net = MLP([math.prod(image_size), *sizes])
+        self.out_dim = sizes[-1]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return F.elu(self.net(images.flatten(-2)))
+
+
+class GlimpseEncoderMLP(nn.Module):
+    """``h^glimpse(g)``: a glimpse to a feature vector (MLP variant)."""
+
+    def __init__(self, glimpse_size: tuple[int, int], sizes: list[int]) -> None:
+        super().__init__()
+        self.net = MLP([math.prod(glimpse_size), *sizes])
+        self.out_dim = sizes[-1]
+
+    def forward(self, glimpses: torch.Tensor) -> torch.Tensor:
+        return F.elu(self.net(glimpses.flatten(-2)))
+
+
+class GlimpseDecoderMLP(nn.Module):
+    """``f^dec(z_what)``: z_what to glimpse intensities in (0, 1) (Alg. 1 line 4).
+
+    The output bias starts at ``output_bias`` (-2: dim initial glimpses), since too bright
+    initial reconstructions teach the guide to switch every object off for good.
+    """
+
+    def __init__(
+        self,
+        z_what_dim: int,
+        sizes: list[int],
+        glimpse_size: tuple[int, int],
+        output_bias: float = -2.0,
+    ) -> None:
+        super().__init__()
+        self.glimpse_size = glimpse_size
+        self.net = MLP([z_what_dim, *sizes, math.prod(glimpse_size)])
+        self.output_bias = output_bias
+
+    def forward(self, z_what: torch.Tensor) -> torch.Tensor:
+        logits = self.net(z_what) + self.output_bias
+        return torch.sigmoid(logits).unflatten(-1, self.glimpse_size)
+
+
+def bcat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate on the last dim after broadcasting the leading (batch, particle) dims."""
+    lead = torch.broadcast_shapes(*(t.shape[:-1] for t in tensors))
+    return torch.cat([t.expand(*lead, t.shape[-1]) for t in tensors], dim=-1)

@@ -1,0 +1,344 @@
+"""Training by stochastic variational inference (paper Sec. 3, App. D.1).
+
+``train(config, data_dir, out_dir)`` is what ``sqair-pyro train`` runs; a notebook calls it
+the same way, or drives :class:`Trainer` one step at a time.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+from pyro.infer import TraceGraph_ELBO
+from torch import nn
+from tqdm.auto import tqdm
+
+from sqair_pyro.build import build
+from sqair_pyro.checkpoint import read_checkpoint, save_checkpoint
+from sqair_pyro.config import Config
+from sqair_pyro.data import load_npz
+from sqair_pyro.infer import VIMCO_ELBO
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def make_objective(config: Config) -> pyro.infer.ELBO:
+    """The ELBO named by ``config.objective`` (``vimco``, ``reinforce`` or ``tracegraph``)."""
+    if config.objective in ("vimco", "reinforce"):
+        return VIMCO_ELBO(
+            num_particles=config.num_particles,
+            max_plate_nesting=1,
+            vectorize_particles=True,
+            control_variate=config.objective == "vimco",
+        )
+    if config.objective == "tracegraph":
+        return TraceGraph_ELBO(num_particles=1, max_plate_nesting=1)
+    raise ValueError(f"unknown objective {config.objective!r}")
+
+
+def make_optimizer(config: Config, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """Adam, or RMSProp with momentum 0.9 as in the paper."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr)
+    if config.optimizer == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=config.lr, momentum=0.9)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}")
+
+
+def surrogate_loss(
+    elbo: pyro.infer.ELBO, model: Callable, guide: Callable, images: torch.Tensor
+) -> tuple[torch.Tensor, float]:
+    """``(surrogate, -bound)``: differentiate the first; the second is the objective's value."""
+    if isinstance(elbo, TraceGraph_ELBO):
+        loss, surrogate = elbo._loss_and_surrogate_loss(model, guide, (images,), {})
+        return surrogate, float(loss.detach())
+    surrogate = elbo.differentiable_loss(model, guide, images)
+    return surrogate, surrogate.item()
+
+
+def frames_for_step(config: Config, step: int) -> int:
+    """The sequence-length curriculum: start short, add a frame every ``curriculum_every``."""
+    if config.model == "air":
+        return 1
+    grown = config.curriculum_start + step // max(config.curriculum_every, 1)
+    return min(config.num_frames, grown)
+
+
+class SequenceBatches:
+    """Random mini-batches from a data split, reproducible from a saved generator state.
+
+    AIR treats every frame as an independent image (App. D.1): batches of frames (B, H, W).
+    SQAIR gets sequences (B, T, H, W), cropped to the curriculum's length.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray], frames_as_images: bool, seed: int) -> None:
+        images = arrays["images"]
+        self.frames_as_images = frames_as_images
+        self.images = images.reshape(-1, *images.shape[2:]) if frames_as_images else images
+        self.counts = arrays["counts"].reshape(-1) if frames_as_images else arrays["counts"]
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def get(self, index: np.ndarray, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images in [0, 1] and per-frame visible counts of the given rows."""
+        images, counts = self.images[index], self.counts[index]
+        if not self.frames_as_images:
+            images, counts = images[:, :num_frames], counts[:, :num_frames]
+        return torch.from_numpy(images).float() / 255, torch.from_numpy(counts)
+
+    def sample(self, batch_size: int, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.randint(len(self), (batch_size,), generator=self.generator).numpy()
+        return self.get(np.sort(index), num_frames)
+
+
+class _Capture:
+    """Wraps the guide and keeps its last return value (the inferred latents)."""
+
+    def __init__(self, guide: Callable) -> None:
+        self.guide = guide
+        self.latents: dict[str, torch.Tensor] | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.latents = self.guide(*args, **kwargs)
+        return self.latents
+
+
+def counting_accuracy(z_pres: torch.Tensor, counts: torch.Tensor) -> float:
+    """Fraction of (particle, frame) pairs whose number of present objects equals ``counts``.
+
+    ``z_pres`` (..., N, 1) or (..., T, N, 1) with leading particle dims; ``counts`` (B,) or (B, T).
+    """
+    inferred = z_pres.squeeze(-1).sum(-1)
+    return (inferred == counts.to(inferred.dtype)).float().mean().item()
+
+
+class Trainer:
+    """SVI with a torch optimiser on ``elbo.differentiable_loss``; state saved for exact resume."""
+
+    def __init__(self, config: Config, device: str = "cpu") -> None:
+        self.config = config
+        self.device = torch.device(device)
+        pyro.set_rng_seed(config.seed)
+        pyro.clear_param_store()
+        self.model, self.guide = build(config)
+        self.model.to(self.device)
+        self.guide.to(self.device)
+        self.capture = _Capture(self.guide)
+        self.elbo = make_objective(config)
+        baseline = getattr(self.guide.discovery, "baseline", None)
+        baseline_ids = {id(p) for p in baseline.parameters()} if baseline is not None else set()
+        self.params = [p for m in (self.model, self.guide) for p in m.parameters()]
+        groups = [{"params": [p for p in self.params if id(p) not in baseline_ids]}]
+        if baseline is not None:  # NVIL baselines learn faster than the networks (Pyro's AIR)
+            groups.append({"params": list(baseline.parameters()), "lr": config.baseline_lr})
+        self.optimizer = make_optimizer(config, groups)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            self.optimizer, milestones=config.lr_decay_steps, gamma=config.lr_decay
+        )
+        self.step_count = 0
+        self.best_validation = -math.inf
+        self.validations_without_improvement = 0
+
+    def step(self, images: torch.Tensor, counts: torch.Tensor) -> dict[str, float]:
+        """One SVI step on a batch; returns the bound per datum and the counting accuracy."""
+        images = images.to(self.device)
+        surrogate, loss = surrogate_loss(self.elbo, self.model, self.capture, images)
+        if not math.isfinite(loss):
+            raise TrainingDivergedError(
+                f"loss became {loss} at step {self.step_count}; "
+                "the last good checkpoint is kept (try a lower --lr or --clip-norm)"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        (surrogate / images.shape[0]).backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.params, self.config.clip_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step_count += 1
+        z_pres = self.capture.latents["z_pres"].detach().cpu()
+        return {
+            "bound": -loss / images.shape[0],
+            "counting_accuracy": counting_accuracy(z_pres, counts),
+            "objects": z_pres.sum((-2, -1)).mean().item(),
+            "grad_norm": float(grad_norm),
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
+
+    @torch.no_grad()
+    def validate(self, batches: SequenceBatches, num_frames: int, batch_size: int) -> float:
+        """The IWAE bound per datum (the training objective's value) on a whole split."""
+        total = 0.0
+        for start in range(0, len(batches), batch_size):
+            index = np.arange(start, min(start + batch_size, len(batches)))
+            images, _ = batches.get(index, num_frames)
+            total += -self.elbo.loss(self.model, self.guide, images.to(self.device))
+        return total / len(batches)
+
+    def state(self, batches: SequenceBatches) -> dict[str, Any]:
+        """Everything besides the weights that an exact resume needs."""
+        return {
+            "step": self.step_count,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "batch_rng": batches.generator.get_state(),
+            "best_validation": self.best_validation,
+            "validations_without_improvement": self.validations_without_improvement,
+        }
+
+    def save(self, path: Path, batches: SequenceBatches) -> None:
+        save_checkpoint(path, self.config, self.model, self.guide, **self.state(batches))
+
+    def restore(self, path: Path, batches: SequenceBatches) -> None:
+        """Continue exactly where the checkpoint at ``path`` stopped."""
+        payload = read_checkpoint(path, map_location=str(self.device))
+        if payload["config"] != self.config.to_dict():
+            raise ValueError(f"{path} was trained with another config; start a new --out")
+        self.model.load_state_dict(payload["model"])
+        self.guide.load_state_dict(payload["guide"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        torch.set_rng_state(payload["torch_rng"])
+        batches.generator.set_state(payload["batch_rng"])
+        self.step_count = payload["step"]
+        self.best_validation = payload["best_validation"]
+        self.validations_without_improvement = payload["validations_without_improvement"]
+
+
+class MetricsLog:
+    """Appends metrics to ``metrics.csv`` and, if available, TensorBoard."""
+
+    FIELDS = (
+        "step",
+        "time_s",
+        "frames",
+        "bound",
+        "counting_accuracy",
+        "objects",
+        "grad_norm",
+        "lr",
+        "val",
+    )
+
+    def __init__(self, out_dir: Path, tensorboard: bool = True) -> None:
+        self.path = out_dir / "metrics.csv"
+        new = not self.path.exists()
+        self.file = self.path.open("a", newline="")
+        self.writer = csv.DictWriter(self.file, fieldnames=self.FIELDS, extrasaction="ignore")
+        if new:
+            self.writer.writeheader()
+        self.tensorboard = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional
+                pass
+            else:
+                self.tensorboard = SummaryWriter(str(out_dir / "tensorboard"))
+
+    def write(self, row: dict[str, float]) -> None:
+        self.writer.writerow(row)
+        self.file.flush()
+        if self.tensorboard is not None:
+            for key, value in row.items():
+                if key != "step" and value is not None and value != "":
+                    self.tensorboard.add_scalar(key, value, row["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def split_validation(
+    arrays: dict[str, np.ndarray], size: int
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Hold out the last ``size`` training sequences for validation (never the test split)."""
+    size = min(size, len(arrays["images"]) // 5)
+    keys = ("images", "counts")
+    return (
+        {k: arrays[k][: len(arrays[k]) - size] for k in keys},
+        {k: arrays[k][len(arrays[k]) - size :] for k in keys},
+    )
+
+
+def train(
+    config: Config,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    resume: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+) -> Path:
+    """Train ``config`` on ``data_dir/train.npz``; checkpoints in ``out_dir``.
+
+    Writes ``last.pt`` every ``checkpoint_every`` steps and ``best.pt`` at the best validation
+    bound; stops after ``num_steps`` or when validation stops improving. Returns ``best.pt``
+    (or ``last.pt`` if never validated).
+    """
+    torch.set_flush_denormal(True)
+    pyro.enable_validation(False)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    last, best = out_dir / "last.pt", out_dir / "best.pt"
+    train_arrays, valid_arrays = split_validation(
+        load_npz(Path(data_dir) / "train.npz"), config.validation_size
+    )
+    air = config.model == "air"
+    batches = SequenceBatches(train_arrays, frames_as_images=air, seed=config.seed)
+    valid = SequenceBatches(valid_arrays, frames_as_images=air, seed=config.seed + 1)
+    trainer = Trainer(config, device)
+    if resume and last.exists():
+        trainer.restore(last, batches)
+    elif not resume and last.exists():
+        raise FileExistsError(f"{last} exists: pass --resume to continue, or another --out")
+    log = MetricsLog(out_dir)
+    start = time.perf_counter()
+    bar = tqdm(
+        total=config.num_steps, initial=trainer.step_count, disable=not progress, desc="train"
+    )
+    running: dict[str, float] = {}
+    try:
+        while trainer.step_count < config.num_steps:
+            frames = frames_for_step(config, trainer.step_count)
+            metrics = trainer.step(*batches.sample(config.batch_size, frames))
+            for key, value in metrics.items():  # exponential moving averages for the bar
+                running[key] = value if key not in running else 0.95 * running[key] + 0.05 * value
+            bar.update(1)
+            step = trainer.step_count
+            if step % config.log_every == 0:
+                bar.set_postfix(
+                    bound=f"{running['bound']:.1f}", acc=f"{running['counting_accuracy']:.3f}"
+                )
+                row = {"step": step, "time_s": time.perf_counter() - start, "frames": frames}
+                log.write({**row, **metrics})
+            if step % config.validate_every == 0 or step == config.num_steps:
+                # Always at full length, so validations compare across the curriculum.
+                value = trainer.validate(valid, config.num_frames, 2 * config.batch_size)
+                log.write({"step": step, "time_s": time.perf_counter() - start, "val": value})
+                if value > trainer.best_validation:
+                    trainer.best_validation = value
+                    trainer.validations_without_improvement = 0
+                    trainer.save(best, batches)
+                else:
+                    trainer.validations_without_improvement += 1
+            if step % config.checkpoint_every == 0 or step == config.num_steps:
+                trainer.save(last, batches)
+            if trainer.validations_without_improvement >= config.early_stopping_patience:
+                bar.write(f"early stopping at step {step}: validation bound stopped improving")
+                trainer.save(last, batches)
+                break
+    finally:
+        bar.close()
+        log.close()
+    return best if best.exists() else last
