@@ -30,34 +30,26 @@ class DiscoveryPrior(nn.Module):
 
     max_objects: int
 
-    def count_logits(self, num_propagated: torch.Tensor, t: int) -> torch.Tensor:
-        """Unnormalised log-probabilities of ``D_t = 0..N`` (masked later to ``N - P_t``)."""
-        raise NotImplementedError
-
     def continue_probs(self, num_propagated: torch.Tensor, t: int) -> torch.Tensor:
-        """``rho_i`` for slots ``i = 0..N-1`` (Eq. 8 as stick breaking), shape (..., N).
+        """``rho_i`` for slots ``i = 0..N-1``, shape (..., N); zero for ``i >= N - P_t``.
 
         :param num_propagated: ``P_t`` (...,), objects already present at time ``t``.
         :param t: the time step (0-based); AIR uses ``t = 0`` and ``P_t = 0``.
         """
-        n = self.max_objects
-        counts = torch.arange(n + 1, device=num_propagated.device)
-        logits = self.count_logits(num_propagated, t)  # (..., N + 1)
-        allowed = counts <= (n - num_propagated).unsqueeze(-1)  # D_t <= N - P_t
-        logits = logits.masked_fill(~allowed, -math.inf)
-        # log sum_{k >= i} pi_k for i = 0..N, then append log 0 for i = N + 1.
-        tail = torch.logcumsumexp(logits.flip(-1), dim=-1).flip(-1)
-        tail = torch.cat([tail, torch.full_like(tail[..., :1], -math.inf)], dim=-1)
-        ratio = (tail[..., 1:] - tail[..., :-1])[..., :n]
-        # Slots past N - P_t have tail = -inf on both sides: probability zero, not NaN.
-        return torch.exp(ratio).nan_to_num(0.0)
+        raise NotImplementedError
+
+    def free_slots(self, num_propagated: torch.Tensor) -> torch.Tensor:
+        """(..., N) booleans: slot ``i`` may hold a new object iff ``i < N - P_t``."""
+        slots = torch.arange(self.max_objects, device=num_propagated.device)
+        return slots < (self.max_objects - num_propagated).unsqueeze(-1)
 
 
 class CategoricalDiscoveryPrior(DiscoveryPrior):
     """Learnable categorical over ``0..N`` new objects (Eq. 8 and REFERENCE §3).
 
     ``logits = base + [t > 0] * bias_no_new * onehot(0) + MLP(P_t)``: the time-step bias
-    favours "no new objects" after the first frame (starts at +10 on zero).
+    favours "no new objects" after the first frame (starts at +10 on zero). Counts above
+    ``N - P_t`` are masked and the rest renormalised.
     """
 
     def __init__(self, max_objects: int, hidden: int = 32, no_new_bias: float = 10.0) -> None:
@@ -72,6 +64,7 @@ class CategoricalDiscoveryPrior(DiscoveryPrior):
         nn.init.zeros_(self.from_propagated[-1].bias)
 
     def count_logits(self, num_propagated: torch.Tensor, t: int) -> torch.Tensor:
+        """Unnormalised log-probabilities of ``D_t = 0..N``, shape (..., N + 1)."""
         logits = self.base + self.from_propagated(num_propagated.unsqueeze(-1).float())
         if t > 0:
             no_new = torch.zeros_like(self.base)
@@ -79,11 +72,24 @@ class CategoricalDiscoveryPrior(DiscoveryPrior):
             logits = logits + self.no_new_bias * no_new
         return logits
 
+    def continue_probs(self, num_propagated: torch.Tensor, t: int) -> torch.Tensor:
+        n = self.max_objects
+        counts = torch.arange(n + 1, device=num_propagated.device)
+        allowed = counts <= (n - num_propagated).unsqueeze(-1)  # D_t <= N - P_t
+        logits = self.count_logits(num_propagated, t).masked_fill(~allowed, -math.inf)
+        # log sum_{k >= i} pi_k for i = 0..N, then log 0 for i = N + 1.
+        tail = torch.logcumsumexp(logits.flip(-1), dim=-1).flip(-1)
+        tail = torch.cat([tail, torch.full_like(tail[..., :1], -math.inf)], dim=-1)
+        ratio = (tail[..., 1:] - tail[..., :-1])[..., :n]
+        # Slots past N - P_t have tail = -inf on both sides: probability zero, not NaN.
+        return torch.exp(ratio).nan_to_num(0.0)
+
 
 class GeometricDiscoveryPrior(DiscoveryPrior):
     """Fixed geometric prior: every free slot holds a new object with probability ``rho``.
 
-    Truncated at ``N - P_t``. The AIR paper's sparsity prior; a drop-in for the categorical.
+    ``P(D_t = k) = rho^k (1 - rho)`` for ``k < N - P_t`` and ``rho^(N - P_t)`` for the last
+    count. AIR's sparsity prior; a drop-in for the categorical.
     """
 
     def __init__(self, max_objects: int, rho: float = 0.5) -> None:
@@ -91,24 +97,22 @@ class GeometricDiscoveryPrior(DiscoveryPrior):
         self.max_objects = max_objects
         self.rho = rho
 
-    def count_logits(self, num_propagated: torch.Tensor, t: int) -> torch.Tensor:
-        k = torch.arange(self.max_objects + 1, device=num_propagated.device, dtype=torch.float)
-        logits = k * math.log(self.rho) + math.log1p(-self.rho)
-        logits[-1] = k[-1] * math.log(self.rho)  # the last count takes the whole tail
-        return logits.expand(*num_propagated.shape, -1)
+    def continue_probs(self, num_propagated: torch.Tensor, t: int) -> torch.Tensor:
+        return self.free_slots(num_propagated).float() * self.rho
 
 
 class WhatWherePrior(nn.Module):
     """Fixed isotropic Gaussians ``p^D(z_what)``, ``p^D(z_where)`` of new objects (Eq. 7).
 
     z_where is kept unconstrained: ``(s_x, s_y) = sigmoid(z[:2])``, ``(t_x, t_y) = z[2:]``.
-    The scale logit is centred at ``scale_logit`` (-0.6: glimpses about 35% of the canvas).
+    The scale logit is centred at ``scale_logit`` (0: glimpses half the canvas, 25 pixels of
+    50, about the size of an MNIST digit).
     """
 
     def __init__(
         self,
         z_what_dim: int,
-        scale_logit: float = -0.6,
+        scale_logit: float = 0.0,
         scale_sd: float = 0.5,
         shift_sd: float = 1.0,
     ) -> None:

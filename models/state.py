@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 
 
-def _broadcast_cat(tensors: list[torch.Tensor], dim: int) -> torch.Tensor:
-    """``torch.cat`` after broadcasting the dims left of the slot dim (batch, particles)."""
+def cat_slots(tensors: list[torch.Tensor], dim: int = -2) -> torch.Tensor:
+    """``torch.cat`` on the slot dim after broadcasting the dims left of it (batch, particles)."""
     lead = torch.broadcast_shapes(*(t.shape[: t.dim() + dim] for t in tensors))
     return torch.cat([t.expand(*lead, *t.shape[t.dim() + dim :]) for t in tensors], dim=dim)
 
@@ -103,11 +103,11 @@ def compact(
     next_id = state.next_id + disc_pres.long().sum(-2, keepdim=True)
 
     candidates = {
-        "z_pres": _broadcast_cat([propagated["z_pres"], disc_pres], -2),
-        "z_where": _broadcast_cat([propagated["z_where"], discovered["z_where"]], -2),
-        "z_what": _broadcast_cat([propagated["z_what"], discovered["z_what"]], -2),
-        "hidden": _broadcast_cat([propagated_hidden, discovered_hidden], -2),
-        "ids": _broadcast_cat([prop_ids, disc_ids], -2),
+        "z_pres": cat_slots([propagated["z_pres"], disc_pres], -2),
+        "z_where": cat_slots([propagated["z_where"], discovered["z_where"]], -2),
+        "z_what": cat_slots([propagated["z_what"], discovered["z_what"]], -2),
+        "hidden": cat_slots([propagated_hidden, discovered_hidden], -2),
+        "ids": cat_slots([prop_ids, disc_ids], -2),
     }
     lead = candidates["z_pres"].shape[:-2]
     # Present first, order kept: sort (1 - z_pres) stably and keep the first N slots.

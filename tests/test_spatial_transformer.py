@@ -97,7 +97,11 @@ def test_gradients_flow_to_z_where():
     images = torch.rand(3, 50, 50, generator=gen, dtype=torch.float64)
     z_where = torch.tensor(
         # Off the pixel grid, so finite differences do not straddle the kinks of bilinear.
-        [[0.413, 0.387, 0.1032, 0.0071], [0.5123, 0.3061, -0.3013, 0.2047], [0.2191, 0.61, 0.053, -0.1]],
+        [
+            [0.413, 0.387, 0.1032, 0.0071],
+            [0.5123, 0.3061, -0.3013, 0.2047],
+            [0.2191, 0.61, 0.053, -0.1],
+        ],
         dtype=torch.float64,
         requires_grad=True,
     )

@@ -6,14 +6,17 @@ from torch import nn
 
 from sqair_pyro.config import Config
 from sqair_pyro.guides.air import AIRGuide, DiscoveryRNN
+from sqair_pyro.guides.sqair import PropagationRNNs, SQAIRGuide
 from sqair_pyro.models.air import AIRModel
 from sqair_pyro.models.likelihood import AdditiveSTLikelihood
 from sqair_pyro.models.priors import (
     CategoricalDiscoveryPrior,
     DiscoveryPrior,
     GeometricDiscoveryPrior,
+    PropagationPrior,
     WhatWherePrior,
 )
+from sqair_pyro.models.sqair import SQAIRModel
 from sqair_pyro.nn.modules import MLP, GlimpseDecoderMLP, GlimpseEncoderMLP, ImageEncoderMLP
 
 
@@ -22,7 +25,7 @@ def discovery_prior(config: Config) -> DiscoveryPrior:
     if config.discovery_prior == "categorical":
         return CategoricalDiscoveryPrior(config.max_objects)
     if config.discovery_prior == "geometric":
-        return GeometricDiscoveryPrior(config.max_objects)
+        return GeometricDiscoveryPrior(config.max_objects, config.geometric_rho)
     raise ValueError(f"unknown discovery prior {config.discovery_prior!r}")
 
 
@@ -31,7 +34,9 @@ def build(config: Config) -> tuple[nn.Module, nn.Module]:
     if config.encoder != "mlp":
         raise NotImplementedError(f"encoder {config.encoder!r} is not built yet")
     hidden = config.hidden
-    what_where = WhatWherePrior(config.z_what_dim)
+    what_where = WhatWherePrior(
+        config.z_what_dim, config.where_scale_logit, config.where_scale_sd, config.where_shift_sd
+    )
     decoder = GlimpseDecoderMLP(config.z_what_dim, [hidden] * 3, config.glimpse_size)
     likelihood = AdditiveSTLikelihood(decoder, config.image_size, config.obs_sd)
     if config.model == "air":
@@ -49,7 +54,36 @@ def build(config: Config) -> tuple[nn.Module, nn.Module]:
         if config.objective == "tracegraph":
             discovery.baseline = baseline_network(config)
         return model, AIRGuide(image_encoder, discovery)
-    raise NotImplementedError(f"model {config.model!r} is not built yet")
+    if config.model != "sqair":
+        raise ValueError(f"unknown model {config.model!r}; choose 'air' or 'sqair'")
+    model = SQAIRModel(
+        config.max_objects,
+        discovery_prior(config),
+        what_where,
+        PropagationPrior(config.z_what_dim, hidden),
+        likelihood,
+    )
+    image_encoder = ImageEncoderMLP(config.image_size, [hidden, hidden])
+    glimpse_encoder = GlimpseEncoderMLP(config.glimpse_size, [hidden, hidden])
+    propagation = PropagationRNNs(
+        glimpse_encoder, image_encoder.out_dim, config.z_what_dim, hidden, config.glimpse_size
+    )
+    discovery = DiscoveryRNN(
+        glimpse_encoder=glimpse_encoder,
+        input_dim=image_encoder.out_dim + hidden,
+        max_objects=config.max_objects,
+        z_what_dim=config.z_what_dim,
+        hidden=hidden,
+        glimpse_size=config.glimpse_size,
+        where_init=what_where.where_loc,
+    )
+    if config.objective == "tracegraph":
+        discovery.baseline = baseline_network(config)
+        propagation.baseline = baseline_network(config)
+    guide = SQAIRGuide(
+        image_encoder, propagation, discovery, config.max_objects, config.z_what_dim, hidden
+    )
+    return model, guide
 
 
 def baseline_network(config: Config) -> nn.Module:

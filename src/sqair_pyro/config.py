@@ -21,6 +21,11 @@ class Config:
     hidden: int = 256
     obs_sd: float = 0.3
     discovery_prior: str = "categorical"  # or "geometric"
+    geometric_rho: float = 0.5  # continue probability of the geometric discovery prior
+    # p^D(z_where) of new objects: scale logit mean and sd, shift sd (unconstrained z_where).
+    where_scale_logit: float = 0.0
+    where_scale_sd: float = 0.5
+    where_shift_sd: float = 1.0
     # Training.
     objective: str = "vimco"  # "vimco", "reinforce" or "tracegraph"
     num_particles: int = 5

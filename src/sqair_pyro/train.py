@@ -26,6 +26,11 @@ from sqair_pyro.config import Config
 from sqair_pyro.data import load_npz
 from sqair_pyro.infer import VIMCO_ELBO
 
+#: Settings a resumed run may change: how long it runs and how often it reports.
+RESUMABLE_CHANGES = frozenset(
+    {"num_steps", "log_every", "checkpoint_every", "validate_every", "early_stopping_patience"}
+)
+
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
@@ -136,12 +141,13 @@ class Trainer:
         self.guide.to(self.device)
         self.capture = _Capture(self.guide)
         self.elbo = make_objective(config)
-        baseline = getattr(self.guide.discovery, "baseline", None)
-        baseline_ids = {id(p) for p in baseline.parameters()} if baseline is not None else set()
+        baselines = [m.baseline for m in self.guide.modules() if getattr(m, "baseline", None)]
+        baseline_params = [p for b in baselines for p in b.parameters()]
+        baseline_ids = {id(p) for p in baseline_params}
         self.params = [p for m in (self.model, self.guide) for p in m.parameters()]
         groups = [{"params": [p for p in self.params if id(p) not in baseline_ids]}]
-        if baseline is not None:  # NVIL baselines learn faster than the networks (Pyro's AIR)
-            groups.append({"params": list(baseline.parameters()), "lr": config.baseline_lr})
+        if baseline_params:  # NVIL baselines learn faster than the networks (Pyro's AIR)
+            groups.append({"params": baseline_params, "lr": config.baseline_lr})
         self.optimizer = make_optimizer(config, groups)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
             self.optimizer, milestones=config.lr_decay_steps, gamma=config.lr_decay
@@ -162,6 +168,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         (surrogate / images.shape[0]).backward()
         grad_norm = nn.utils.clip_grad_norm_(self.params, self.config.clip_norm)
+        if not torch.isfinite(grad_norm):
+            raise TrainingDivergedError(
+                f"gradient became {grad_norm.item()} at step {self.step_count}; "
+                "the last good checkpoint is kept (try a lower --lr or --clip-norm)"
+            )
         self.optimizer.step()
         self.scheduler.step()
         self.step_count += 1
@@ -202,8 +213,13 @@ class Trainer:
     def restore(self, path: Path, batches: SequenceBatches) -> None:
         """Continue exactly where the checkpoint at ``path`` stopped."""
         payload = read_checkpoint(path, map_location=str(self.device))
-        if payload["config"] != self.config.to_dict():
-            raise ValueError(f"{path} was trained with another config; start a new --out")
+        before, now = payload["config"], self.config.to_dict()
+        changed = sorted(k for k in now if before.get(k) != now[k] and k not in RESUMABLE_CHANGES)
+        if changed:
+            raise ValueError(
+                f"{path} was trained with other settings ({', '.join(changed)}); "
+                "resume with the same settings or start a new --out"
+            )
         self.model.load_state_dict(payload["model"])
         self.guide.load_state_dict(payload["guide"])
         self.optimizer.load_state_dict(payload["optimizer"])

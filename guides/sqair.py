@@ -1,0 +1,206 @@
+"""The inference network of SQAIR (paper Sec. 3, Eq. 4, App. A Alg. 2-3, App. C).
+
+Per frame, first PROPAGATION (Alg. 2) revisits every object present at ``t - 1``, in
+slot order, then DISCOVERY (Alg. 3) looks for new objects in the free slots::
+
+    e_t = h^enc(x_t)                                                 encode the frame once
+    for each object i present at t-1:                                Alg. 2
+        zhat_where = z_where^i_{t-1} + 0.1 f(z_where^i_{t-1}, h^{T,i}_{t-1})   proposal location
+        ehat       = h^glimpse(ST(x_t, zhat_where))                   proposal glimpse
+        w^R, h^R   = R^R(ehat, z^i_{t-1}, h^{T,i}_{t-1}, z^j_t, e_t, h^R)   relation RNN, Eq. 14
+        z_where^i_t ~ q(z_where | zhat_where, w^R)
+        e          = h^glimpse(ST(x_t, z_where^i_t))                  final glimpse
+        h^{T,i}_t  = R^T(e, z_where^i_t, w^R, h^{T,i}_{t-1})          temporal RNN, Eq. 15
+        z_what^i_t ~ q(z_what | e, z_what^i_{t-1}, w^R, h^{T,i}_t)
+        z_pres^i_t ~ Bernoulli(f(z_what^i_t, z_where^i_t, w^R, h^{T,i}_t)) (only if present at t-1)
+    l_t = sum_i z_pres^i_t MLP(z_what^i_t, z_where^i_t)              DeepSets, Eq. 6
+    discover with the AIR-style RNN on [e_t, l_t], at most N - P_t objects   Alg. 3
+
+Site names match :mod:`sqair_pyro.models.sqair` exactly.
+"""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from sqair_pyro.guides.air import DiscoveryRNN, baseline_options
+from sqair_pyro.models.state import ObjectState, compact
+from sqair_pyro.nn.modules import MLP, BernoulliHead, GaussianHead, bcat, flat_cell
+from sqair_pyro.nn.spatial_transformer import glimpse, where_to_transform
+
+
+class GatedWhatHead(nn.Module):
+    """``q(z_what^i_t | ...)``: a gated update of the previous appearance.
+
+    ``loc = z_what_{t-1} + gate * delta`` with ``gate = sigmoid(raw + gate_bias)``.
+    """
+
+    def __init__(self, n_in: int, z_what_dim: int, gate_bias: float = 1.0) -> None:
+        super().__init__()
+        self.net = nn.Linear(n_in, 3 * z_what_dim)
+        self.gate_bias = gate_bias
+
+    def forward(
+        self, features: torch.Tensor, previous: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        delta, gate, raw_scale = self.net(features).chunk(3, dim=-1)
+        loc = previous + torch.sigmoid(gate + self.gate_bias) * delta
+        return loc, nn.functional.softplus(raw_scale) + 1e-3
+
+
+class PropagationRNNs(nn.Module):
+    """The networks of ``q^P`` (Alg. 2): proposal, relation RNN, temporal RNN, heads."""
+
+    def __init__(
+        self,
+        glimpse_encoder: nn.Module,
+        image_dim: int,
+        z_what_dim: int,
+        hidden: int,
+        glimpse_size: tuple[int, int],
+        pres_bias: float = 5.0,
+    ) -> None:
+        super().__init__()
+        feat, d = glimpse_encoder.out_dim, z_what_dim
+        self.glimpse_size = glimpse_size
+        self.glimpse_encoder = glimpse_encoder
+        self.proposal = MLP([4 + hidden, hidden, 4])
+        self.relation = nn.RNNCell(feat + d + 4 + hidden + d + 4 + image_dim, hidden)
+        self.where_head = GaussianHead(hidden, 4, [], scale_offset=-3.0, min_scale=0.01)
+        nn.init.zeros_(self.where_head.net[-1].weight)
+        nn.init.zeros_(self.where_head.net[-1].bias)
+        self.temporal = nn.GRUCell(feat + 4 + hidden, hidden)
+        self.what_head = GatedWhatHead(feat + d + 2 * hidden, d)
+        self.pres_head = BernoulliHead(d + 4 + 2 * hidden, [], bias=pres_bias)
+        self.baseline: nn.Module | None = None
+
+    def encode(self, image: torch.Tensor, z_where: torch.Tensor) -> torch.Tensor:
+        """``h^glimpse(ST(x_t, z_where))``."""
+        return self.glimpse_encoder(glimpse(image, where_to_transform(z_where), self.glimpse_size))
+
+    def initial_temporal_state(self, discovered: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``h^T`` of newly discovered objects: one temporal step from a zero state."""
+        features, z_where = discovered["features"], discovered["z_where"]
+        no_relation = features.new_zeros(*features.shape[:-1], self.temporal.hidden_size)
+        zero = features.new_zeros(*features.shape[:-1], self.temporal.hidden_size)
+        return flat_cell(self.temporal, bcat([features, z_where, no_relation]), zero)
+
+
+class SQAIRGuide(nn.Module):
+    """``q_phi(z_{1:T} | x_{1:T})`` of SQAIR (Eq. 4, 11-15)."""
+
+    def __init__(
+        self,
+        image_encoder: nn.Module,
+        propagation: PropagationRNNs,
+        discovery: DiscoveryRNN,
+        max_objects: int,
+        z_what_dim: int,
+        hidden: int,
+    ) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.propagation = propagation
+        self.discovery = discovery
+        self.summary = MLP([z_what_dim + 4, hidden, hidden])  # Eq. 6
+        self.max_objects = max_objects
+        self.z_what_dim = z_what_dim
+        self.hidden = hidden
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Infer the latents of ``images`` (B, T, H, W); returns them as (..., T, N, ·)."""
+        pyro.module("sqair_guide", self)
+        batch, num_frames = images.shape[:2]
+        with pyro.plate("data", batch, dim=-1):
+            encodings = self.image_encoder(images)  # (B, T, hidden): every frame at once
+            state = ObjectState.empty(
+                (batch,), self.max_objects, self.hidden, self.z_what_dim, images.device
+            )
+            history = []
+            for t in range(num_frames):
+                image, encoding = images[:, t], encodings[:, t]
+                if t > 0:
+                    propagated, temporal = self.propagate(image, encoding, state, t)
+                else:
+                    propagated, temporal = state.latents(), state.hidden
+                num_propagated = propagated["z_pres"].sum((-2, -1))
+                discovered = self.discover(image, encoding, propagated, num_propagated, t)
+                new_temporal = self.propagation.initial_temporal_state(discovered)
+                state = compact(state, propagated, temporal, discovered, new_temporal)
+                history.append(state)
+        return ObjectState.stack(history)
+
+    def propagate(
+        self, image: torch.Tensor, encoding: torch.Tensor, state: ObjectState, t: int
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Inference for propagation (Alg. 2) over the slots of frame ``t - 1``."""
+        net = self.propagation
+        relation = encoding.new_zeros(*encoding.shape[:-1], self.hidden)
+        last_what = encoding.new_zeros(*encoding.shape[:-1], self.z_what_dim)  # z^j_t
+        last_where = encoding.new_zeros(*encoding.shape[:-1], 4)
+        latents: dict[str, list[torch.Tensor]] = {"z_pres": [], "z_where": [], "z_what": []}
+        temporal_states = []
+        for i in range(state.num_slots):
+            was_present = state.z_pres[..., i, :]  # (..., 1)
+            alive = was_present[..., 0].bool()
+            prev_what, prev_where = state.z_what[..., i, :], state.z_where[..., i, :]
+            prev_temporal = state.hidden[..., i, :]
+            # Proposal location and glimpse (Alg. 2 lines 5-7).
+            proposal = prev_where + 0.1 * net.proposal(bcat([prev_where, prev_temporal]))
+            proposal_features = net.encode(image, proposal)
+            # Relation RNN across objects (line 8, Eq. 14).
+            inputs = [proposal_features, prev_what, prev_where, prev_temporal]
+            w_relation = flat_cell(
+                net.relation, bcat([*inputs, last_what, last_where, encoding]), relation
+            )
+            # Location (line 9), final glimpse (lines 10-11), temporal RNN (line 12, Eq. 15).
+            loc, scale = net.where_head(w_relation)
+            z_where = pyro.sample(
+                f"z_where_prop_{t}_{i}",
+                dist.Normal(proposal + loc, scale).to_event(1).mask(alive),
+            )
+            features = net.encode(image, z_where)
+            temporal = flat_cell(net.temporal, bcat([features, z_where, w_relation]), prev_temporal)
+            # Appearance (line 13) and presence, which can only stay 1 (line 14, Eq. 13).
+            loc, scale = net.what_head(bcat([features, prev_what, w_relation, temporal]), prev_what)
+            z_what = pyro.sample(
+                f"z_what_prop_{t}_{i}", dist.Normal(loc, scale).to_event(1).mask(alive)
+            )
+            p = net.pres_head(bcat([z_what, z_where, w_relation, temporal]))
+            z_pres = pyro.sample(
+                f"z_pres_prop_{t}_{i}",
+                dist.Bernoulli(p * was_present).to_event(1).mask(alive),
+                infer=baseline_options(net.baseline, image, i, state.num_slots),
+            )
+            # The relation state moves on only past objects that were there (line 15, j = i).
+            keep = alive.unsqueeze(-1)
+            relation = torch.where(keep, w_relation, relation)
+            last_what = torch.where(keep, z_what, last_what)
+            last_where = torch.where(keep, z_where, last_where)
+            for name, value in zip(latents, (z_pres, z_where, z_what), strict=True):
+                latents[name].append(value)
+            temporal_states.append(temporal)
+        stacked = {name: torch.stack(values, dim=-2) for name, values in latents.items()}
+        return stacked, torch.stack(temporal_states, dim=-2)
+
+    def discover(
+        self,
+        image: torch.Tensor,
+        encoding: torch.Tensor,
+        propagated: dict[str, torch.Tensor],
+        num_propagated: torch.Tensor,
+        t: int,
+    ) -> dict[str, torch.Tensor]:
+        """Inference for discovery (Alg. 3), conditioned on the propagated objects (Eq. 6)."""
+        summary = (
+            propagated["z_pres"] * self.summary(bcat([propagated["z_what"], propagated["z_where"]]))
+        ).sum(-2)
+        return self.discovery(
+            image,
+            bcat([encoding, summary]),
+            self.max_objects - num_propagated,
+            lambda kind, i: f"{kind}_disc_{t}_{i}",
+        )

@@ -1,0 +1,135 @@
+"""The Pyro programs: priors, site names, slots and identities, parameter counts."""
+
+import math
+
+import pyro
+import pyro.poutine as poutine
+import pytest
+import torch
+
+from sqair_pyro.build import build, num_parameters
+from sqair_pyro.config import preset
+from sqair_pyro.models.priors import CategoricalDiscoveryPrior, GeometricDiscoveryPrior
+from sqair_pyro.models.state import ObjectState, compact
+
+
+def _count_probs_from_continue(rho: torch.Tensor) -> torch.Tensor:
+    """P(D = d) from the stick-breaking continue probabilities rho_0..rho_{N-1}."""
+    n = rho.shape[-1]
+    probs = []
+    alive = torch.ones_like(rho[..., 0])
+    for d in range(n + 1):
+        stop = 1 - rho[..., d] if d < n else torch.ones_like(alive)
+        probs.append(alive * stop)
+        if d < n:
+            alive = alive * rho[..., d]
+    return torch.stack(probs, -1)
+
+
+@pytest.mark.parametrize("t", [0, 3])
+def test_stick_breaking_is_the_categorical_of_eq8(t):
+    """prod of per-slot Bernoullis == Categorical(D; N - P_t) renormalised, for every P_t."""
+    torch.manual_seed(0)
+    prior = CategoricalDiscoveryPrior(max_objects=4)
+    with torch.no_grad():
+        prior.base.normal_()
+        prior.from_propagated[-1].weight.normal_()
+    num_propagated = torch.tensor([0, 1, 2, 3, 4])
+    rho = prior.continue_probs(num_propagated, t)
+    got = _count_probs_from_continue(rho)
+    logits = prior.count_logits(num_propagated, t)
+    allowed = torch.arange(5) <= (4 - num_propagated).unsqueeze(-1)
+    expected = torch.softmax(logits.masked_fill(~allowed, -math.inf), -1)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    assert (got[~allowed] == 0).all()
+
+
+def test_geometric_prior_is_geometric():
+    prior = GeometricDiscoveryPrior(max_objects=3, rho=0.3)
+    got = _count_probs_from_continue(prior.continue_probs(torch.tensor([0, 2]), 0))
+    torch.testing.assert_close(got[0], torch.tensor([0.7, 0.21, 0.063, 0.027]))
+    torch.testing.assert_close(got[1], torch.tensor([0.7, 0.3, 0.0, 0.0]))
+
+
+def test_first_frame_prefers_objects_later_frames_prefer_none():
+    """The +10 time-step bias on "no new objects" after the first frame (REFERENCE §3)."""
+    prior = CategoricalDiscoveryPrior(max_objects=3)
+    rho0 = prior.continue_probs(torch.tensor([0]), 0)
+    rho1 = prior.continue_probs(torch.tensor([0]), 1)
+    assert rho0[0, 0] > 0.5 and rho1[0, 0] < 1e-3
+
+
+def test_compact_keeps_present_objects_in_order_with_identities():
+    state = ObjectState.empty((2,), 3, hidden_size=2, z_what_dim=1)
+    state.ids = torch.tensor([[0, 1, 2], [5, -1, -1]]).unsqueeze(-1)
+    state.next_id = torch.tensor([3, 6]).view(2, 1, 1)
+    prop = {
+        "z_pres": torch.tensor([[1.0, 0, 1], [1, 0, 0]]).unsqueeze(-1),
+        "z_where": torch.arange(24.0).view(2, 3, 4),
+        "z_what": torch.tensor([[10.0, 11, 12], [13, 14, 15]]).unsqueeze(-1),
+    }
+    disc = {
+        "z_pres": torch.tensor([[1.0, 0, 0], [1, 1, 0]]).unsqueeze(-1),
+        "z_where": -torch.arange(24.0).view(2, 3, 4),
+        "z_what": torch.tensor([[20.0, 21, 22], [23, 24, 25]]).unsqueeze(-1),
+    }
+    out = compact(state, prop, torch.zeros(2, 3, 2), disc)
+    assert out.ids.squeeze(-1).tolist() == [[0, 2, 3], [5, 6, 7]]
+    assert out.z_what.squeeze(-1).tolist() == [[10, 12, 20], [13, 23, 24]]
+    assert out.z_pres.squeeze(-1).tolist() == [[1, 1, 1], [1, 1, 1]]
+    assert out.next_id.flatten().tolist() == [4, 8]
+
+
+def _sites(fn, *args):
+    trace = poutine.trace(fn).get_trace(*args)
+    return {name for name, site in trace.nodes.items() if site["type"] == "sample"}
+
+
+@pytest.mark.parametrize("name", ["mlp-air", "mlp-sqair"])
+def test_guide_sites_mirror_the_model(name):
+    """Every latent site of the model has a guide site of the same name, and vice versa."""
+    pyro.set_rng_seed(0)
+    config = preset(name)
+    model, guide = build(config)
+    images = torch.rand(2, 4, 50, 50) if config.model == "sqair" else torch.rand(2, 50, 50)
+    model_sites = _sites(model, images) - {"x"}
+    assert _sites(guide, images) == model_sites
+    assert any("prop_3_2" in s for s in model_sites) == (config.model == "sqair")
+
+
+@pytest.mark.parametrize(("name", "paper"), [("mlp-air", 1.7e6), ("mlp-sqair", 2.9e6)])
+def test_parameter_counts_match_the_paper(name, paper):
+    """App. D.2: trainable parameters within 10% of the paper's."""
+    count = num_parameters(*build(preset(name)))
+    assert abs(count - paper) / paper < 0.10, count
+
+
+def test_sqair_objects_keep_identities_and_never_return():
+    """A propagated object keeps its id; a vanished id never reappears; at most N present."""
+    pyro.set_rng_seed(1)
+    model, guide = build(preset("mlp-sqair"))
+    with torch.no_grad():
+        latents = guide(torch.rand(16, 6, 50, 50))
+    ids, pres = latents["ids"], latents["z_pres"][..., 0]
+    assert ((ids >= 0) == pres.bool()).all()
+    assert (pres.sum(-1) <= 3).all()
+    for b in range(ids.shape[0]):
+        seen_gone: set[int] = set()
+        for t in range(1, ids.shape[1]):
+            before, now = set(ids[b, t - 1].tolist()) - {-1}, set(ids[b, t].tolist()) - {-1}
+            seen_gone |= before - now
+            assert not (now & seen_gone), "an object came back after it vanished"
+            assert len(now) == int(pres[b, t].sum())
+
+
+def test_prior_samples_whole_sequences_with_identities():
+    pyro.set_rng_seed(2)
+    model, _ = build(preset("mlp-sqair"))
+    with torch.no_grad():
+        out = model(None, num_frames=5, batch_size=8)
+    assert out["frames"].shape == (8, 5, 50, 50)
+    assert out["ids"].shape == (8, 5, 3)
+    # The first frame holds some objects and objects persist (survival bias +10).
+    assert out["z_pres"][:, 0].sum() > 0
+    kept = (out["ids"][:, 1:] >= 0) & (out["ids"][:, 1:] == out["ids"][:, :-1])
+    assert kept.sum() > 0

@@ -1,0 +1,106 @@
+"""Training: it learns something, resumes exactly, survives crashes, reports divergence."""
+
+import math
+
+import pytest
+import torch
+from conftest import small_config
+
+from sqair_pyro import train as train_module
+from sqair_pyro.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_atomic
+from sqair_pyro.train import Trainer, TrainingDivergedError, frames_for_step, train
+
+
+def _params(path):
+    payload = read_checkpoint(path)
+    return {**payload["model"], **{f"guide.{k}": v for k, v in payload["guide"].items()}}
+
+
+@pytest.mark.parametrize("name", ["mlp-air", "mlp-sqair"])
+def test_resume_reaches_the_same_parameters(tiny_data, tmp_path, name):
+    """Stopped after 3 steps and resumed to 6 == 6 steps uninterrupted, bit for bit."""
+    config = small_config(name, num_steps=6, checkpoint_every=3, validate_every=3)
+    straight = train(config, tiny_data, tmp_path / "straight", progress=False)
+    first = config.replace(num_steps=3)
+    train(first, tiny_data, tmp_path / "resumed", progress=False)
+    train(config, tiny_data, tmp_path / "resumed", resume=True, progress=False)
+    a = _params(straight.parent / "last.pt")
+    b = _params(tmp_path / "resumed" / "last.pt")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert read_checkpoint(tmp_path / "resumed" / "last.pt")["step"] == 6
+
+
+def test_refuses_to_overwrite_a_run(tiny_data, tmp_path):
+    config = small_config("mlp-air", num_steps=1)
+    train(config, tiny_data, tmp_path, progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(config, tiny_data, tmp_path, progress=False)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
+    config = small_config("mlp-air", num_steps=4, checkpoint_every=2)
+    train(config.replace(num_steps=2), tiny_data, tmp_path, progress=False)
+    before = _params(tmp_path / "last.pt")
+
+    def diverging(*args):
+        surrogate, loss = original(*args)
+        return surrogate * math.inf, math.inf
+
+    original = train_module.surrogate_loss
+    monkeypatch.setattr(train_module, "surrogate_loss", diverging)
+    with pytest.raises(TrainingDivergedError, match="last good checkpoint"):
+        train(config, tiny_data, tmp_path, resume=True, progress=False)
+    after = _params(tmp_path / "last.pt")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_crash_mid_write_leaves_the_old_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    save_atomic({"a": 1}, path)
+
+    def crash(obj, f):
+        f.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_atomic({"a": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path) == {"a": 1}
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_broken_checkpoints_give_clear_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a sqair-pyro checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_curriculum_grows_the_sequence_length():
+    config = small_config("mlp-sqair", num_frames=5, curriculum_start=2, curriculum_every=10)
+    assert [frames_for_step(config, s) for s in (0, 9, 10, 25, 1000)] == [2, 2, 3, 4, 5]
+    assert frames_for_step(small_config("mlp-air"), 1000) == 1
+
+
+@pytest.mark.parametrize("objective", ["vimco", "reinforce", "tracegraph"])
+def test_every_objective_trains_air(tiny_data, tmp_path, objective):
+    config = small_config("mlp-air", objective=objective, num_steps=3)
+    best = train(config, tiny_data, tmp_path, progress=False)
+    config2, model, guide, payload = load_checkpoint(best)
+    assert config2 == config and payload["step"] == 3
+
+
+def test_geometric_discovery_prior_swaps_in_and_trains(tiny_data, tmp_path):
+    """Issue 4: swap the categorical discovery prior for a geometric one, train a few steps."""
+    config = small_config("mlp-sqair", discovery_prior="geometric", num_steps=3)
+    trainer = Trainer(config)
+    assert type(trainer.model.discovery_prior).__name__ == "GeometricDiscoveryPrior"
+    best = train(config, tiny_data, tmp_path, progress=False)
+    assert read_checkpoint(best)["config"]["discovery_prior"] == "geometric"
