@@ -53,17 +53,17 @@ class Config:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Config:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown config keys: {sorted(unknown)}")
         values = dict(values)
         for key in ("image_size", "glimpse_size"):
             if key in values:
                 values[key] = tuple(values[key])
-        return cls(**values)
+        return cls().replace(**values)
 
     def replace(self, **changes: Any) -> Config:
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; known keys: {sorted(known)}")
         return dataclasses.replace(self, **changes)
 
 

@@ -1,0 +1,104 @@
+"""The command line: the README's commands run and report bad input in one line."""
+
+import math
+import subprocess
+import sys
+
+import pytest
+
+from sqair_pyro.cli import main
+
+
+def test_make_data_and_train_from_the_command_line(tmp_path, capsys):
+    assert (
+        main(
+            [
+                "make-data",
+                "--out",
+                str(tmp_path / "d"),
+                "--train-size",
+                "40",
+                "--test-size",
+                "10",
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "d" / "train.npz").exists() and (tmp_path / "d" / "test.npz").exists()
+    code = main(
+        [
+            "train",
+            "--preset",
+            "mlp-air",
+            "--data",
+            str(tmp_path / "d"),
+            "--out",
+            str(tmp_path / "run"),
+            "--steps",
+            "2",
+            "--set",
+            "hidden=16",
+            "--set",
+            "validation_size=4",
+        ]
+    )
+    assert code == 0
+    assert "best checkpoint" in capsys.readouterr().out
+    assert (tmp_path / "run" / "metrics.csv").exists()
+
+
+def test_missing_data_is_one_clear_line(tmp_path, capsys):
+    code = main(
+        ["train", "--preset", "mlp-air", "--data", str(tmp_path), "--out", str(tmp_path / "run")]
+    )
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "train.npz" in err and "Traceback" not in err
+
+
+def test_unknown_setting_is_rejected(tmp_path, capsys):
+    code = main(
+        [
+            "train",
+            "--preset",
+            "mlp-air",
+            "--data",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "run"),
+            "--set",
+            "hiden=3",
+        ]
+    )
+    assert code == 1
+    assert "hiden" in capsys.readouterr().err
+
+
+def test_demo_writes_its_figure(tmp_path):
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "ground_truth.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_console_script_is_installed():
+    out = subprocess.run(
+        [sys.executable, "-m", "sqair_pyro.cli", "--help"], capture_output=True, text=True
+    )
+    assert out.returncode == 0 and "make-data" in out.stdout
+
+
+@pytest.mark.slow
+def test_readme_python_api_runs(tiny_data, monkeypatch):
+    """The README's Python snippet runs as written (on the tiny data set)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    snippet = re.search(r"## Python API\n```python\n(.*?)```", readme, re.S).group(1)
+    snippet = snippet.replace("data/mnist/train.npz", str(tiny_data / "train.npz"))
+    namespace: dict = {}
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    assert namespace["latents"]["z_pres"].shape == (32, 10, 3, 1)
+    assert math.isfinite(namespace["loss"])
