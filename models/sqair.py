@@ -100,7 +100,7 @@ class SQAIRModel(nn.Module):
         """The generative story, with ``images`` (B, T, H, W) observed at site ``x``.
 
         With ``images=None`` it samples ``batch_size`` sequences of ``num_frames`` frames from
-        the prior (returned as ``frames``, the noise-free canvases).
+        the prior (returned as ``canvas``, the noise-free frames).
         """
         pyro.module("sqair_model", self)
         if images is not None:
@@ -138,4 +138,4 @@ class SQAIRModel(nn.Module):
                 history.append(state)
             frames = torch.stack(canvases, dim=-3)  # (..., T, H, W)
             pyro.sample("x", dist.Normal(frames, self.likelihood.obs_sd).to_event(3), obs=images)
-        return dict(ObjectState.stack(history), frames=frames)
+        return dict(ObjectState.stack(history), canvas=frames)

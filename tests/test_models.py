@@ -127,7 +127,7 @@ def test_prior_samples_whole_sequences_with_identities():
     model, _ = build(preset("mlp-sqair"))
     with torch.no_grad():
         out = model(None, num_frames=5, batch_size=8)
-    assert out["frames"].shape == (8, 5, 50, 50)
+    assert out["canvas"].shape == (8, 5, 50, 50)
     assert out["ids"].shape == (8, 5, 3)
     # The first frame holds some objects and objects persist (survival bias +10).
     assert out["z_pres"][:, 0].sum() > 0

@@ -95,3 +95,17 @@ def ground_truth_rows(
         name = f"seq {i}: " + (", ".join(labels) if labels else "empty")
         rows.append((name, arrays["images"][i] / 255.0, arrays["boxes"][i], ids))
     return rows
+
+
+def reconstruction_rows(
+    images: np.ndarray, canvas: np.ndarray, boxes: np.ndarray, ids: np.ndarray
+) -> list[tuple[str, np.ndarray, np.ndarray | None, np.ndarray | None]]:
+    """Rows of :func:`plot_sequences`: each input sequence above its reconstruction with boxes.
+
+    ``images``, ``canvas`` (S, T, H, W); ``boxes`` (S, T, N, 4); ``ids`` (S, T, N).
+    """
+    rows = []
+    for s in range(images.shape[0]):
+        rows.append((f"input {s}", images[s], None, None))
+        rows.append((f"inferred {s}", np.clip(canvas[s], 0, 1), boxes[s], ids[s]))
+    return rows

@@ -1,0 +1,36 @@
+"""Running trained programs: reconstructions and boxes from the posterior."""
+
+from __future__ import annotations
+
+import pyro.poutine as poutine
+import torch
+from torch import nn
+
+from sqair_pyro.nn.spatial_transformer import where_to_transform, z_where_to_boxes
+
+
+@torch.no_grad()
+def reconstruct(
+    model: nn.Module, guide: nn.Module, images: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """One posterior sample: the guide's latents and the model's noise-free ``canvas`` given them.
+
+    Works for AIR (images (B, H, W)) and SQAIR (images (B, T, H, W)); the result holds
+    ``z_pres``, ``z_where``, ``z_what`` (..., N, ·), ``canvas`` and, for SQAIR, ``ids``.
+    """
+    guide_trace = poutine.trace(guide).get_trace(images)
+    return poutine.replay(model, trace=guide_trace)(images)
+
+
+def boxes_and_ids(latents: dict[str, torch.Tensor], image_size: tuple[int, int]) -> tuple:
+    """Pixel boxes (..., N, 4) of the inferred objects and their ids (..., N), -1 if absent.
+
+    Without ``ids`` (AIR) the slot index is the identity.
+    """
+    boxes = z_where_to_boxes(where_to_transform(latents["z_where"]), image_size)
+    present = latents["z_pres"][..., 0].bool()
+    if "ids" in latents:
+        ids = latents["ids"]
+    else:
+        ids = torch.arange(present.shape[-1]).expand(present.shape)
+    return boxes, torch.where(present, ids, -1)
