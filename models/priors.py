@@ -52,10 +52,20 @@ class CategoricalDiscoveryPrior(DiscoveryPrior):
     ``N - P_t`` are masked and the rest renormalised.
     """
 
-    def __init__(self, max_objects: int, hidden: int = 32, no_new_bias: float = 10.0) -> None:
+    def __init__(
+        self,
+        max_objects: int,
+        hidden: int = 32,
+        no_new_bias: float = 10.0,
+        init_rho: float | None = None,
+    ) -> None:
         super().__init__()
         self.max_objects = max_objects
-        self.base = nn.Parameter(torch.zeros(max_objects + 1))
+        # Uniform over counts, or, with init_rho, starting as a geometric (few objects).
+        base = torch.zeros(max_objects + 1)
+        if init_rho is not None:
+            base = torch.arange(max_objects + 1.0) * math.log(init_rho)
+        self.base = nn.Parameter(base)
         self.no_new_bias = nn.Parameter(torch.tensor(float(no_new_bias)))
         self.from_propagated = nn.Sequential(
             nn.Linear(1, hidden), nn.ELU(), nn.Linear(hidden, max_objects + 1)

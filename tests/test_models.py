@@ -133,3 +133,22 @@ def test_prior_samples_whole_sequences_with_identities():
     assert out["z_pres"][:, 0].sum() > 0
     kept = (out["ids"][:, 1:] >= 0) & (out["ids"][:, 1:] == out["ids"][:, :-1])
     assert kept.sum() > 0
+
+
+def test_imagine_continues_the_observed_objects():
+    """Posterior predictive: observed frames are reconstructions, then the prior runs on."""
+    from sqair_pyro.predict import imagine, reconstruct
+
+    model, guide = build(preset("mlp-sqair", hidden=32, z_what_dim=8))
+    observed = torch.rand(4, 3, 50, 50)
+    pyro.set_rng_seed(5)
+    out = imagine(model, guide, observed, num_future=4, num_samples=2)
+    assert out["canvas"].shape == (2, 4, 7, 50, 50)
+    assert out["ids"].shape == (2, 4, 7, 3)
+    pyro.set_rng_seed(5)
+    seen = reconstruct(model, guide, observed)
+    torch.testing.assert_close(out["canvas"][0, :, :3], seen["canvas"])
+    # Objects present at the last observed frame mostly live on (survival bias +10).
+    last = out["ids"][:, :, 2]
+    carried = (last[..., None] == out["ids"][:, :, 3].unsqueeze(-2)).any(-1) & (last >= 0)
+    assert carried.sum() >= 0.9 * (last >= 0).sum() > 0

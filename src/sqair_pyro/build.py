@@ -23,7 +23,7 @@ from sqair_pyro.nn.modules import MLP, GlimpseDecoderMLP, GlimpseEncoderMLP, Ima
 def discovery_prior(config: Config) -> DiscoveryPrior:
     """The discovery prior named by ``config.discovery_prior``."""
     if config.discovery_prior == "categorical":
-        return CategoricalDiscoveryPrior(config.max_objects)
+        return CategoricalDiscoveryPrior(config.max_objects, init_rho=config.categorical_init_rho)
     if config.discovery_prior == "geometric":
         return GeometricDiscoveryPrior(config.max_objects, config.geometric_rho)
     raise ValueError(f"unknown discovery prior {config.discovery_prior!r}")

@@ -22,6 +22,7 @@ class Config:
     obs_sd: float = 0.3
     discovery_prior: str = "categorical"  # or "geometric"
     geometric_rho: float = 0.5  # continue probability of the geometric discovery prior
+    categorical_init_rho: float | None = None  # start the categorical prior as a geometric
     # p^D(z_where) of new objects: scale logit mean and sd, shift sd (unconstrained z_where).
     where_scale_logit: float = 0.0
     where_scale_sd: float = 0.5

@@ -34,3 +34,34 @@ def boxes_and_ids(latents: dict[str, torch.Tensor], image_size: tuple[int, int])
     else:
         ids = torch.arange(present.shape[-1]).expand(present.shape)
     return boxes, torch.where(present, ids, -1)
+
+
+@torch.no_grad()
+def imagine(
+    model: nn.Module,
+    guide: nn.Module,
+    observed: torch.Tensor,
+    num_future: int,
+    num_samples: int = 1,
+) -> dict[str, torch.Tensor]:
+    """Conditional generation (paper Fig. 6): see the first frames, imagine the rest.
+
+    Posterior predictive sampling as Pyro handlers: the guide infers the objects of the
+    ``observed`` frames (B, T_obs, H, W); the model is replayed on those latents and then
+    runs its propagation and discovery priors forward for ``num_future`` more frames.
+
+    :returns: ``canvas`` (S, B, T_obs + num_future, H, W) — reconstructions of the observed
+        frames followed by imagined ones — and the latents and ``ids`` of every frame, for
+        ``S = num_samples`` independent futures.
+    """
+    batch, num_observed = observed.shape[:2]
+    samples = []
+    for _ in range(num_samples):
+        guide_trace = poutine.trace(guide).get_trace(observed)
+        samples.append(
+            poutine.replay(model, trace=guide_trace)(
+                None, num_frames=num_observed + num_future, batch_size=batch
+            )
+        )
+    keys = ("canvas", "z_pres", "z_where", "z_what", "ids")
+    return {key: torch.stack([s[key] for s in samples]) for key in keys}
