@@ -24,15 +24,33 @@ def _random_z_where(n: int, generator: torch.Generator) -> torch.Tensor:
     return torch.cat([scale, shift], -1)
 
 
-@pytest.mark.parametrize("size", [(20, 20), (28, 12)])
-def test_glimpse_equals_grid_sample(size):
-    """Separable extraction is exactly affine_grid + grid_sample (bilinear, zero padding)."""
+def _bilinear_reference(image, ys, xs):
+    """Bilinear sampling with zero padding at pixel coordinates, one point at a time."""
+    out = torch.zeros(len(ys), len(xs), dtype=image.dtype)
+    height, width = image.shape
+    for i, y in enumerate(ys.tolist()):
+        for j, x in enumerate(xs.tolist()):
+            for py in range(height):
+                for px in range(width):
+                    w = max(0.0, 1 - abs(y - py)) * max(0.0, 1 - abs(x - px))
+                    if w:
+                        out[i, j] += w * image[py, px]
+    return out
+
+
+@pytest.mark.parametrize("size", [(6, 6), (7, 3)])
+def test_glimpse_is_bilinear_sampling_at_the_mapped_pixel_centres(size):
+    """Glimpse pixel centre u maps to canvas s * u + t (normalised, align_corners=False)."""
     gen = torch.Generator().manual_seed(0)
-    images = torch.rand(16, 50, 40, generator=gen, dtype=torch.float64)
-    z_where = _random_z_where(16, gen)
-    grid = F.affine_grid(_theta(z_where), [16, 1, *size], align_corners=False)
-    expected = F.grid_sample(images[:, None], grid, align_corners=False)[:, 0]
-    torch.testing.assert_close(glimpse(images, z_where, size), expected, atol=1e-10, rtol=0)
+    image = torch.rand(9, 8, generator=gen, dtype=torch.float64)
+    z_where = torch.tensor([[0.7, 0.45, 0.2, -0.35]], dtype=torch.float64)
+    h, w = size
+    u_y = (2 * torch.arange(h, dtype=torch.float64) + 1) / h - 1
+    u_x = (2 * torch.arange(w, dtype=torch.float64) + 1) / w - 1
+    ys = ((0.45 * u_y - 0.35 + 1) * 9 - 1) / 2  # canvas pixel coordinates
+    xs = ((0.7 * u_x + 0.2 + 1) * 8 - 1) / 2
+    expected = _bilinear_reference(image, ys, xs)
+    torch.testing.assert_close(glimpse(image[None], z_where, size)[0], expected)
 
 
 def test_place_equals_grid_sample_with_inverse_transform():

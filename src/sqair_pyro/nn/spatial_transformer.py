@@ -7,10 +7,11 @@ both normalised to ``[-1, 1]`` (``align_corners=False`` convention)::
 
 So a glimpse covers a window ``s_x * W`` pixels wide centred at pixel ``(t_x + 1) W / 2``.
 
-Because the map is a scale and a shift per axis, bilinear sampling is separable: resampling
-an ``H x W`` image onto a ``h x w`` grid is ``A_y @ image @ A_x^T`` with the "hat" weights
-``A[i, p] = max(0, 1 - |coord_i - p|)``. That is exactly ``affine_grid`` + ``grid_sample``
-(bilinear, zero padding, ``align_corners=False``) but costs two small matrix products.
+Bilinear sampling, zero padding, ``align_corners=False`` throughout. Because the map is a
+scale and a shift per axis, resampling an ``H x W`` image onto a ``h x w`` grid is separable:
+``A_y @ image @ A_x^T`` with the "hat" weights ``A[i, p] = max(0, 1 - |coord_i - p|)``.
+Placement uses those two small matrix products (2.9x faster than ``grid_sample`` here);
+extraction uses ``affine_grid`` + ``grid_sample``, which is faster in that direction.
 
 - :func:`glimpse`  ``g = ST(x, z_where)``: extract a glimpse from an image.
 - :func:`place`    ``y = ST^{-1}(g, z_where)``: draw a glimpse onto a canvas (the inverse).
@@ -22,6 +23,7 @@ an ``H x W`` image onto a ``h x w`` grid is ``A_y @ image @ A_x^T`` with the "ha
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def _pixel_centres(n: int, like: torch.Tensor) -> torch.Tensor:
@@ -43,19 +45,21 @@ def _hat_weights(coords: torch.Tensor, size: int) -> torch.Tensor:
 def glimpse(images: torch.Tensor, z_where: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Extract glimpses ``g = ST(x, z_where)`` (paper Alg. 2 line 7, Alg. 3 line 10).
 
+    Uses ``grid_sample`` (measured 2.3x faster than the separable products here for
+    extraction, forward and backward); it computes the same bilinear weights.
+
     :param images: ``(*batch, H, W)`` images.
     :param z_where: ``(*batch, 4)`` as ``(s_x, s_y, t_x, t_y)``; batch dims broadcast.
     :param size: glimpse ``(height, width)``, e.g. ``(20, 20)`` or ``(28, 12)``.
     :returns: ``(*batch, height, width)`` glimpses.
     """
-    h, w = size
-    sx, sy, tx, ty = z_where.unbind(-1)
-    # Canvas coordinates of every glimpse pixel centre, per axis.
-    ys = sy.unsqueeze(-1) * _pixel_centres(h, z_where) + ty.unsqueeze(-1)  # (*batch, h)
-    xs = sx.unsqueeze(-1) * _pixel_centres(w, z_where) + tx.unsqueeze(-1)  # (*batch, w)
-    a_y = _hat_weights(ys, images.shape[-2])  # (*batch, h, H)
-    a_x = _hat_weights(xs, images.shape[-1])  # (*batch, w, W)
-    return a_y @ images @ a_x.transpose(-1, -2)
+    batch = torch.broadcast_shapes(images.shape[:-2], z_where.shape[:-1])
+    sx, sy, tx, ty = z_where.expand(*batch, 4).reshape(-1, 4).unbind(-1)
+    zero = torch.zeros_like(sx)
+    theta = torch.stack([sx, zero, tx, zero, sy, ty], dim=-1).view(-1, 2, 3)
+    grid = F.affine_grid(theta, [theta.shape[0], 1, *size], align_corners=False)
+    flat = images.expand(*batch, *images.shape[-2:]).reshape(-1, 1, *images.shape[-2:])
+    return F.grid_sample(flat, grid, align_corners=False).view(*batch, *size)
 
 
 def place(glimpses: torch.Tensor, z_where: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
