@@ -56,6 +56,7 @@ class DiscoveryRNN(nn.Module):
         glimpse_size: tuple[int, int],
         where_init: torch.Tensor,
         pres_bias: float = 1.0,
+        what_scale_offset: float = 0.0,
     ) -> None:
         super().__init__()
         self.max_objects = max_objects
@@ -67,7 +68,9 @@ class DiscoveryRNN(nn.Module):
         self.where_head = GaussianHead(
             hidden, 4, [hidden], scale_offset=-3.0, min_scale=0.01, loc_init=where_init
         )
-        self.what_head = GaussianHead(glimpse_encoder.out_dim + hidden, z_what_dim, [hidden])
+        self.what_head = GaussianHead(
+            glimpse_encoder.out_dim + hidden, z_what_dim, [hidden], scale_offset=what_scale_offset
+        )
         # Learned baselines for TraceGraph_ELBO (NVIL, as Pyro's AIR example); VIMCO needs none.
         self.baseline: nn.Module | None = None
 

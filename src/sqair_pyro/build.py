@@ -50,6 +50,7 @@ def build(config: Config) -> tuple[nn.Module, nn.Module]:
             hidden=hidden,
             glimpse_size=config.glimpse_size,
             where_init=what_where.where_loc,
+            what_scale_offset=config.what_scale_offset,
         )
         if config.objective == "tracegraph":
             discovery.baseline = baseline_network(config)
@@ -76,6 +77,7 @@ def build(config: Config) -> tuple[nn.Module, nn.Module]:
         hidden=hidden,
         glimpse_size=config.glimpse_size,
         where_init=what_where.where_loc,
+        what_scale_offset=config.what_scale_offset,
     )
     if config.objective == "tracegraph":
         discovery.baseline = baseline_network(config)

@@ -27,6 +27,8 @@ class Config:
     where_scale_logit: float = 0.0
     where_scale_sd: float = 0.5
     where_shift_sd: float = 1.0
+    # Posterior scale offsets (softplus(raw + offset)): small initial variance (REFERENCE §3).
+    what_scale_offset: float = 0.0
     # Training.
     objective: str = "vimco"  # "vimco", "reinforce" or "tracegraph"
     num_particles: int = 5

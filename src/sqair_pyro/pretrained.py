@@ -1,0 +1,61 @@
+"""Checkpoints shipped with the package, in ``models/pretrained/`` (``sqair_pyro.models``).
+
+Each ``NAME.pt`` holds a config and the weights only (no optimiser state); ``NAME.json``
+beside it holds the metrics measured on it and the command that measured them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from sqair_pyro.checkpoint import load_checkpoint, read_checkpoint, save_atomic
+from sqair_pyro.config import Config
+
+
+def _pretrained_dir() -> Path:
+    import sqair_pyro.models
+
+    return Path(sqair_pyro.models.__file__).resolve().parent / "pretrained"
+
+
+def available() -> list[str]:
+    """Names of the shipped checkpoints."""
+    return sorted(p.stem for p in _pretrained_dir().glob("*.pt"))
+
+
+def pretrained_path(name: str) -> Path:
+    path = _pretrained_dir() / f"{name}.pt"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no pretrained checkpoint named {name!r}; available: {available() or 'none'}"
+        )
+    return path
+
+
+def load_pretrained(name: str, map_location: str = "cpu") -> tuple[Config, nn.Module, nn.Module]:
+    """``(config, model, guide)`` of a shipped checkpoint, e.g. ``load_pretrained("mlp-sqair")``."""
+    config, model, guide, _ = load_checkpoint(pretrained_path(name), map_location)
+    return config, model, guide
+
+
+def pretrained_metrics(name: str) -> dict[str, Any]:
+    """The metrics measured on a shipped checkpoint (its ``NAME.json``)."""
+    return json.loads(pretrained_path(name).with_suffix(".json").read_text())
+
+
+def export(
+    checkpoint: str | os.PathLike, out: str | os.PathLike, metrics: dict[str, Any] | None = None
+) -> Path:
+    """Write a training checkpoint's config and weights only (no optimiser state) to ``out``."""
+    payload = read_checkpoint(checkpoint)
+    slim = {k: payload[k] for k in ("format", "version", "config", "model", "guide")}
+    slim["step"] = payload.get("step")
+    out = save_atomic(slim, out)
+    if metrics is not None:
+        Path(out).with_suffix(".json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return out
