@@ -59,6 +59,36 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"demo written to {run_demo(args.out, mnist_dir=args.mnist_dir)}")
 
 
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    import torch
+
+    from sqair_pyro.evaluate import evaluate_checkpoint, markdown_table, save_report
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = evaluate_checkpoint(
+        args.checkpoint,
+        args.data,
+        num_particles=args.particles,
+        num_sequences=args.sequences,
+        batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
+        seed=args.seed,
+        device=args.device,
+        iou_threshold=args.iou_threshold,
+        box_mode=args.boxes,
+    )
+    save_report(report, args.out)
+    print(markdown_table([report]))
+    print(f"report written to {args.out} ({report['wall_time_s']:.0f} s)")
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from sqair_pyro.evaluate import load_report, markdown_table
+
+    print(markdown_table([load_report(path) for path in args.reports]))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sqair-pyro", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -99,6 +129,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--mnist-dir", type=Path)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="log p(x) (IWAE, K particles), log p(x|z), KL, counting and tracking metrics",
+    )
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        required=True,
+        help="checkpoint to evaluate (required for now; a shipped pretrained default will come)",
+    )
+    p.add_argument(
+        "--data", type=Path, required=True, help="data file (.npz), or a directory: its test.npz"
+    )
+    p.add_argument("--out", type=Path, required=True, help="where to write the JSON report")
+    p.add_argument("--particles", type=int, default=1000, help="K of the IWAE bound (paper: 1000)")
+    p.add_argument("--sequences", type=int, help="evaluate the first N sequences (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=10, help="sequences per batch")
+    p.add_argument("--chunk-size", type=int, default=100, help="particles drawn at once")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--iou-threshold", type=float, default=0.5, help="IoU of a match (MOTA, IDF1)")
+    p.add_argument(
+        "--boxes",
+        choices=["window", "content"],
+        default="window",
+        help="predicted boxes: the z_where glimpse windows, or tight around each object's "
+        "drawn pixels",
+    )
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="one Markdown table of evaluation reports and the paper")
+    p.add_argument("reports", type=Path, nargs="+", metavar="REPORT.json")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 
