@@ -104,3 +104,22 @@ def test_geometric_discovery_prior_swaps_in_and_trains(tiny_data, tmp_path):
     assert type(trainer.model.discovery_prior).__name__ == "GeometricDiscoveryPrior"
     best = train(config, tiny_data, tmp_path, progress=False)
     assert read_checkpoint(best)["config"]["discovery_prior"] == "geometric"
+
+
+def test_learning_rates_by_component():
+    """Multipliers apply to named components, baselines to their own rate, shared params once."""
+    config = small_config(
+        "mlp-sqair", objective="tracegraph", lr=1e-4, lr_multipliers={"decoder": 10.0}
+    )
+    trainer = Trainer(config)
+    rates = {
+        name: train_module.parameter_lr(config, name)
+        for prefix, module in (("model", trainer.model), ("guide", trainer.guide))
+        for name, _ in module.named_parameters(prefix=prefix)
+    }
+    assert rates["model.likelihood.decoder.net.0.weight"] == pytest.approx(1e-3)
+    assert rates["guide.discovery.baseline.0.0.weight"] == config.baseline_lr
+    assert rates["guide.image_encoder.net.0.weight"] == pytest.approx(1e-4)
+    counted = sum(len(g["params"]) for g in trainer.optimizer.param_groups)
+    unique = {id(p) for m in (trainer.model, trainer.guide) for p in m.parameters()}
+    assert counted == len(unique)

@@ -89,6 +89,53 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(markdown_table([load_report(path) for path in args.reports]))
 
 
+def cmd_show(args: argparse.Namespace) -> None:
+    import torch
+
+    from sqair_pyro.show import show_checkpoint
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    paths = show_checkpoint(
+        args.checkpoint,
+        args.data,
+        args.out,
+        num_sequences=args.sequences,
+        seed=args.seed,
+        run_dir=args.run,
+    )
+    print(f"{len(paths)} figures written to {args.out}")
+
+
+def cmd_addition(args: argparse.Namespace) -> None:
+    import json
+
+    import torch
+
+    from sqair_pyro.addition import addition_checkpoint
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = addition_checkpoint(
+        args.checkpoint,
+        args.data,
+        num_train=args.train_sequences,
+        num_test=args.test_sequences,
+        epochs=args.epochs,
+        seed=args.seed,
+        progress=True,
+    )
+    print(
+        f"addition accuracy {report['accuracy']:.4f} (chance {report['chance']:.4f}, "
+        f"train {report['train_accuracy']:.4f}) on {report['num_test_frames']} test frames; "
+        f"classifier trained on {report['num_train_frames']} frames for {report['epochs']} epochs"
+    )
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        print(f"report written to {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sqair-pyro", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -164,6 +211,37 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="one Markdown table of evaluation reports and the paper")
     p.add_argument("reports", type=Path, nargs="+", metavar="REPORT.json")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
+        "show",
+        help="figures and GIFs: reconstructions, glimpses, prior samples, conditional "
+        "generation, training curves",
+    )
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument(
+        "--data", type=Path, required=True, help="data file (.npz), or a directory: its test.npz"
+    )
+    p.add_argument("--out", type=Path, required=True, help="directory for the figures")
+    p.add_argument("--sequences", type=int, default=4, help="sequences (and prior samples) shown")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--run", type=Path, help="run directory with metrics.csv (default: the checkpoint's)"
+    )
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser(
+        "addition", help="the paper's addition probe: digit sums from the latents (App. D.4)"
+    )
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True, help="directory with train.npz and test.npz")
+    p.add_argument("--train-sequences", type=int, default=2000, help="first N of train.npz")
+    p.add_argument("--test-sequences", type=int, default=500, help="first N of test.npz")
+    p.add_argument("--epochs", type=int, default=20, help="classifier epochs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="also write the report as JSON")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.set_defaults(func=cmd_addition)
     return parser
 
 

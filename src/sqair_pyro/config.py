@@ -39,6 +39,8 @@ class Config:
     lr_decay: float = 1 / 3
     clip_norm: float = 10.0  # global gradient norm
     baseline_lr: float = 1e-3  # NVIL baselines (objective "tracegraph" only)
+    # Learning-rate multipliers by component name (any segment of a parameter's path).
+    lr_multipliers: dict[str, float] = field(default_factory=dict)
     num_steps: int = 20000
     # Sequence-length curriculum: start with this many frames, add one every curriculum_every.
     curriculum_start: int = 3

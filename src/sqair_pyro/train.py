@@ -59,6 +59,32 @@ def make_optimizer(config: Config, groups: list[dict[str, Any]]) -> torch.optim.
     raise ValueError(f"unknown optimizer {config.optimizer!r}")
 
 
+def parameter_lr(config: Config, name: str) -> float:
+    """The learning rate of the parameter called ``name`` (dotted path).
+
+    NVIL baselines (``.baseline.``) learn at ``baseline_lr`` (as in Pyro's AIR example); a
+    parameter inside a component named in ``lr_multipliers`` (any path segment, e.g.
+    ``decoder``) at ``lr`` times its multiplier; the rest at ``lr``.
+    """
+    path = f".{name}."
+    if ".baseline." in path:
+        return config.baseline_lr
+    factors = [f for key, f in config.lr_multipliers.items() if f".{key}." in path]
+    return config.lr * (max(factors) if factors else 1.0)
+
+
+def parameter_groups(config: Config, modules: dict[str, nn.Module]) -> list[dict[str, Any]]:
+    """Optimiser parameter groups, one per learning rate (see :func:`parameter_lr`)."""
+    by_lr: dict[float, list[nn.Parameter]] = {}
+    seen: set[int] = set()
+    for prefix, module in modules.items():
+        for name, param in module.named_parameters(prefix=prefix):
+            if id(param) not in seen:
+                seen.add(id(param))
+                by_lr.setdefault(parameter_lr(config, name), []).append(param)
+    return [{"params": params, "lr": lr} for lr, params in by_lr.items()]
+
+
 def surrogate_loss(
     elbo: pyro.infer.ELBO, model: Callable, guide: Callable, images: torch.Tensor
 ) -> tuple[torch.Tensor, float]:
@@ -141,13 +167,8 @@ class Trainer:
         self.guide.to(self.device)
         self.capture = _Capture(self.guide)
         self.elbo = make_objective(config)
-        baselines = [m.baseline for m in self.guide.modules() if getattr(m, "baseline", None)]
-        baseline_params = [p for b in baselines for p in b.parameters()]
-        baseline_ids = {id(p) for p in baseline_params}
-        self.params = [p for m in (self.model, self.guide) for p in m.parameters()]
-        groups = [{"params": [p for p in self.params if id(p) not in baseline_ids]}]
-        if baseline_params:  # NVIL baselines learn faster than the networks (Pyro's AIR)
-            groups.append({"params": baseline_params, "lr": config.baseline_lr})
+        groups = parameter_groups(config, {"model": self.model, "guide": self.guide})
+        self.params = [p for group in groups for p in group["params"]]
         self.optimizer = make_optimizer(config, groups)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
             self.optimizer, milestones=config.lr_decay_steps, gamma=config.lr_decay
@@ -182,8 +203,13 @@ class Trainer:
             "counting_accuracy": counting_accuracy(z_pres, counts),
             "objects": z_pres.sum((-2, -1)).mean().item(),
             "grad_norm": float(grad_norm),
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": self.config.lr * self.lr_factor(),
         }
+
+    def lr_factor(self) -> float:
+        """The schedule's current factor on every learning rate."""
+        group = self.optimizer.param_groups[0]
+        return group["lr"] / group["initial_lr"]
 
     @torch.no_grad()
     def validate(self, batches: SequenceBatches, num_frames: int, batch_size: int) -> float:
