@@ -35,20 +35,24 @@ from sqair_pyro.nn.spatial_transformer import glimpse, where_to_transform
 class GatedWhatHead(nn.Module):
     """``q(z_what^i_t | ...)``: a gated update of the previous appearance.
 
-    ``loc = z_what_{t-1} + gate * delta`` with ``gate = sigmoid(raw + gate_bias)``.
+    ``loc = z_what_{t-1} + gate * delta`` with ``gate = sigmoid(raw + gate_bias)`` and
+    ``scale = softplus(raw + scale_offset)``.
     """
 
-    def __init__(self, n_in: int, z_what_dim: int, gate_bias: float = 1.0) -> None:
+    def __init__(
+        self, n_in: int, z_what_dim: int, gate_bias: float = 1.0, scale_offset: float = 0.0
+    ) -> None:
         super().__init__()
         self.net = nn.Linear(n_in, 3 * z_what_dim)
         self.gate_bias = gate_bias
+        self.scale_offset = scale_offset
 
     def forward(
         self, features: torch.Tensor, previous: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         delta, gate, raw_scale = self.net(features).chunk(3, dim=-1)
         loc = previous + torch.sigmoid(gate + self.gate_bias) * delta
-        return loc, nn.functional.softplus(raw_scale) + 1e-3
+        return loc, nn.functional.softplus(raw_scale + self.scale_offset) + 1e-3
 
 
 class PropagationRNNs(nn.Module):
@@ -62,6 +66,7 @@ class PropagationRNNs(nn.Module):
         hidden: int,
         glimpse_size: tuple[int, int],
         pres_bias: float = 5.0,
+        what_scale_offset: float = 0.0,
     ) -> None:
         super().__init__()
         feat, d = glimpse_encoder.out_dim, z_what_dim
@@ -73,7 +78,7 @@ class PropagationRNNs(nn.Module):
         nn.init.zeros_(self.where_head.net[-1].weight)
         nn.init.zeros_(self.where_head.net[-1].bias)
         self.temporal = nn.GRUCell(feat + 4 + hidden, hidden)
-        self.what_head = GatedWhatHead(feat + d + 2 * hidden, d)
+        self.what_head = GatedWhatHead(feat + d + 2 * hidden, d, scale_offset=what_scale_offset)
         self.pres_head = BernoulliHead(d + 4 + 2 * hidden, [], bias=pres_bias)
         self.baseline: nn.Module | None = None
 

@@ -67,7 +67,12 @@ def build(config: Config) -> tuple[nn.Module, nn.Module]:
     image_encoder = ImageEncoderMLP(config.image_size, [hidden, hidden])
     glimpse_encoder = GlimpseEncoderMLP(config.glimpse_size, [hidden, hidden])
     propagation = PropagationRNNs(
-        glimpse_encoder, image_encoder.out_dim, config.z_what_dim, hidden, config.glimpse_size
+        glimpse_encoder,
+        image_encoder.out_dim,
+        config.z_what_dim,
+        hidden,
+        config.glimpse_size,
+        what_scale_offset=config.what_scale_offset,
     )
     discovery = DiscoveryRNN(
         glimpse_encoder=glimpse_encoder,
