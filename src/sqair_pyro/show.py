@@ -1,0 +1,518 @@
+"""``sqair-pyro show``: figures and animations that make a trained model's behaviour obvious.
+
+From a checkpoint and a data file, :func:`write_figures` draws
+
+1. ``reconstructions.png`` / ``.gif``: inputs above reconstructions, glimpse boxes coloured by
+   object identity (paper Fig. 4, 12). AIR infers every frame alone; its slot index is the id.
+2. ``glimpses.png``: the decoded glimpse of every object over time (paper Fig. 7), SQAIR only.
+3. ``prior_samples.png`` / ``.gif``: sequences sampled from the prior (paper Fig. 5, 14); for
+   AIR, independent single-frame samples.
+4. ``conditional_generation.png`` / ``.gif``: the model sees the first frames and imagines the
+   rest, beside the real continuation (paper Fig. 6, 16), SQAIR only.
+5. ``training_curves.png``: bound, counting accuracy, objects and validation bound of the run's
+   ``metrics.csv``, when there is one.
+
+The data each figure shows is computed by a function of its own (:func:`reconstruction_data`,
+:func:`glimpse_data`, :func:`prior_data`, :func:`conditional_data`, :func:`read_metrics`),
+deterministic for a seed; :func:`figure_data` runs them all.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyro
+import pyro.poutine as poutine
+import torch
+from torch import nn
+
+from sqair_pyro.config import Config
+from sqair_pyro.predict import boxes_and_ids, imagine, reconstruct
+
+__all__ = [
+    "FIGURES",
+    "conditional_data",
+    "figure_data",
+    "glimpse_data",
+    "prior_data",
+    "read_metrics",
+    "reconstruction_data",
+    "select_sequences",
+    "show_checkpoint",
+    "write_figures",
+]
+
+#: Every file :func:`write_figures` can write; the SQAIR-only ones are skipped for AIR.
+FIGURES = (
+    "reconstructions.png",
+    "reconstructions.gif",
+    "glimpses.png",
+    "prior_samples.png",
+    "prior_samples.gif",
+    "conditional_generation.png",
+    "conditional_generation.gif",
+    "training_curves.png",
+)
+SQAIR_ONLY = ("glimpses.png", "conditional_generation.png", "conditional_generation.gif")
+
+#: Frames the model sees before it imagines the rest (as in the paper's Fig. 6).
+NUM_OBSERVED = 3
+
+
+def _check_arrays(arrays: Mapping[str, np.ndarray], config: Config) -> None:
+    if "images" not in arrays:
+        raise ValueError("the data arrays hold no 'images'; is this a moving-MNIST file?")
+    images = arrays["images"]
+    if images.ndim != 4:
+        raise ValueError(f"images must be [N, T, H, W], got shape {tuple(images.shape)}")
+    if tuple(images.shape[2:]) != tuple(config.image_size):
+        raise ValueError(
+            f"frames are {images.shape[2]}x{images.shape[3]} pixels but the model was built "
+            f"for {config.image_size[0]}x{config.image_size[1]}"
+        )
+    if len(images) == 0:
+        raise ValueError("the data file holds no sequences")
+
+
+def select_sequences(arrays: Mapping[str, np.ndarray], num_sequences: int, seed: int) -> list[int]:
+    """``num_sequences`` sequence indices drawn with ``seed``, sorted; sequences that show at
+    least one digit are preferred (empty ones only if there are too few others)."""
+    if int(num_sequences) != num_sequences or num_sequences < 1:
+        raise ValueError(f"the number of sequences must be a positive integer, got {num_sequences}")
+    total = len(arrays["images"])
+    if "counts" in arrays:
+        busy = np.flatnonzero(np.asarray(arrays["counts"]).sum(-1) > 0)
+    else:
+        busy = np.arange(total)
+    rest = np.setdiff1d(np.arange(total), busy)
+    rng = np.random.default_rng(seed)
+    order = np.concatenate([rng.permutation(busy), rng.permutation(rest)])
+    return sorted(int(i) for i in order[: int(num_sequences)])
+
+
+def _images(arrays: Mapping[str, np.ndarray], indices: list[int]) -> torch.Tensor:
+    frames = np.ascontiguousarray(arrays["images"][indices])
+    return torch.from_numpy(frames).float() / 255.0
+
+
+def _numpy(latents: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {key: value.detach().cpu().numpy() for key, value in latents.items()}
+
+
+@torch.no_grad()
+def reconstruction_data(
+    model: nn.Module, guide: nn.Module, config: Config, images: torch.Tensor, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """One posterior sample of ``images`` (S, T, H, W) in [0, 1] and its reconstruction.
+
+    :returns: numpy ``images``, ``canvas`` (S, T, H, W); ``boxes`` (S, T, N, 4) pixel boxes;
+        ``ids`` (S, T, N) identities, -1 where absent (AIR: the slot index, every frame
+        inferred alone); ``z_pres`` (S, T, N, 1), ``z_where``, ``z_what`` (S, T, N, .).
+    """
+    pyro.set_rng_seed(seed)
+    num_seq, num_frames, height, width = images.shape
+    air = config.model == "air"
+    inputs = images.reshape(num_seq * num_frames, height, width) if air else images
+    latents = reconstruct(model, guide, inputs)
+    boxes, ids = boxes_and_ids(latents, (height, width))
+    out = {
+        "canvas": latents["canvas"].clamp(0, 1),
+        "boxes": boxes,
+        "ids": ids,
+        **{key: latents[key] for key in ("z_pres", "z_where", "z_what")},
+    }
+    if air:  # frames as images: back to sequences
+        out = {
+            key: value.reshape(num_seq, num_frames, *value.shape[1:]) for key, value in out.items()
+        }
+    return _numpy({"images": images, **out})
+
+
+@torch.no_grad()
+def glimpse_data(
+    model: nn.Module, recon: Mapping[str, np.ndarray], max_objects: int | None = 6
+) -> list[list[tuple[int, np.ndarray, np.ndarray]]]:
+    """The decoded glimpse of every object of every sequence over time (paper Fig. 7).
+
+    :param recon: :func:`reconstruction_data` of a SQAIR model (identities across frames).
+    :param max_objects: per sequence, keep the objects present in the most frames (ties: the
+        earliest identity); None keeps all.
+    :returns: per sequence, a list of ``(identity, glimpses (T, h, w), present (T,))`` in
+        identity order; glimpses are ``model.likelihood.decoder(z_what)``, zeros where absent.
+    """
+    z_what = torch.as_tensor(recon["z_what"])
+    decoded = model.likelihood.decoder(z_what).cpu().numpy()  # (S, T, N, h, w)
+    ids = np.asarray(recon["ids"])  # (S, T, N)
+    result = []
+    for s in range(ids.shape[0]):
+        identities = [int(i) for i in np.unique(ids[s]) if i >= 0]
+        if max_objects is not None and len(identities) > max_objects:
+            frames_present = {i: int((ids[s] == i).any(-1).sum()) for i in identities}
+            identities = sorted(identities, key=lambda i: (-frames_present[i], i))
+            identities = sorted(identities[:max_objects])
+        objects = []
+        for identity in identities:
+            mask = ids[s] == identity  # (T, N): at most one slot per frame
+            present = mask.any(-1)
+            slot = mask.argmax(-1)
+            glimpses = decoded[s, np.arange(ids.shape[1]), slot] * present[:, None, None]
+            objects.append((identity, glimpses.astype(np.float32), present))
+        result.append(objects)
+    return result
+
+
+@torch.no_grad()
+def prior_data(
+    model: nn.Module, config: Config, num_samples: int, num_frames: int, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Samples from the prior: ``canvas`` (S, T, H, W), ``boxes`` (S, T, N, 4), ``ids``.
+
+    SQAIR samples ``num_samples`` sequences of ``num_frames`` frames; AIR, which has no time,
+    draws ``num_samples * num_frames`` independent images, arranged the same way.
+    """
+    pyro.set_rng_seed(seed)
+    height, width = config.image_size
+    if config.model == "air":
+        count = num_samples * num_frames
+        # The AIR model takes its batch size from the images; uncondition samples x too.
+        zeros = torch.zeros(count, height, width)
+        latents = poutine.uncondition(model)(zeros)
+    else:
+        latents = model(None, num_frames=num_frames, batch_size=num_samples)
+    boxes, ids = boxes_and_ids(latents, (height, width))
+    out = {"canvas": latents["canvas"].clamp(0, 1), "boxes": boxes, "ids": ids}
+    if config.model == "air":
+        out = {k: v.reshape(num_samples, num_frames, *v.shape[1:]) for k, v in out.items()}
+    return _numpy(out)
+
+
+@torch.no_grad()
+def conditional_data(
+    model: nn.Module,
+    guide: nn.Module,
+    images: torch.Tensor,
+    num_observed: int = NUM_OBSERVED,
+    num_samples: int = 3,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Conditional generation (SQAIR): see the first ``num_observed`` frames, imagine the rest.
+
+    :param images: (B, T, H, W) real sequences; their first frames are shown to the guide.
+    :returns: ``real`` (B, T, H, W); ``canvas`` (K, B, T, H, W), ``boxes`` (K, B, T, N, 4)
+        and ``ids`` (K, B, T, N) of ``K = num_samples`` futures (frames before
+        ``num_observed`` are reconstructions); ``num_observed``.
+    """
+    num_frames = images.shape[1]
+    if not 0 < num_observed < num_frames:
+        raise ValueError(
+            f"conditional generation needs 0 < observed frames ({num_observed}) < {num_frames}"
+        )
+    pyro.set_rng_seed(seed)
+    out = imagine(model, guide, images[:, :num_observed], num_frames - num_observed, num_samples)
+    boxes, ids = boxes_and_ids(out, tuple(images.shape[-2:]))
+    data = _numpy({"real": images, "canvas": out["canvas"].clamp(0, 1), "boxes": boxes, "ids": ids})
+    data["num_observed"] = num_observed
+    return data
+
+
+def figure_data(
+    model: nn.Module,
+    guide: nn.Module,
+    config: Config,
+    arrays: Mapping[str, np.ndarray],
+    num_sequences: int = 4,
+    seed: int = 0,
+    num_imagined: int = 3,
+) -> dict[str, Any]:
+    """Everything the model-dependent figures show, deterministic for ``seed``.
+
+    :returns: ``indices`` (the sequences shown), ``reconstruction``, ``glimpses`` (SQAIR; None
+        for AIR), ``prior`` and ``conditional`` (SQAIR with more than 3 frames; else None).
+    """
+    _check_arrays(arrays, config)
+    indices = select_sequences(arrays, num_sequences, seed)
+    images = _images(arrays, indices)
+    num_frames = images.shape[1]
+    sqair = config.model == "sqair"
+    recon = reconstruction_data(model, guide, config, images, seed)
+    data: dict[str, Any] = {
+        "indices": indices,
+        "reconstruction": recon,
+        "glimpses": glimpse_data(model, recon) if sqair else None,
+        "prior": prior_data(model, config, len(indices), num_frames, seed),
+        "conditional": None,
+    }
+    if sqair and num_frames > NUM_OBSERVED:
+        data["conditional"] = conditional_data(
+            model, guide, images, NUM_OBSERVED, num_imagined, seed
+        )
+    return data
+
+
+def read_metrics(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The training and validation rows of a run's ``metrics.csv`` as float columns.
+
+    Empty cells are NaN. ``wall_s`` is the cumulative wall time: a resumed run restarts its
+    ``time_s`` clock, so each restart continues from where the previous one stopped. A step
+    logged twice (rows between the last checkpoint and an interruption, then again after
+    resuming) keeps its last row.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"metrics file not found: {path}")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        if "step" not in (reader.fieldnames or []):
+            raise ValueError(f"{path} is not a training metrics file (no 'step' column)")
+
+    def number(text: str | None) -> float:
+        try:
+            return float(text) if text not in (None, "") else math.nan
+        except ValueError:
+            return math.nan
+
+    train: dict[float, dict[str, float]] = {}
+    validation: dict[float, dict[str, float]] = {}
+    offset, previous = 0.0, 0.0
+    for row in rows:
+        values = {key: number(value) for key, value in row.items() if key is not None}
+        if not math.isfinite(values.get("step", math.nan)):
+            continue
+        time_s = values.get("time_s", math.nan)
+        if math.isfinite(time_s):
+            if time_s < previous:  # a resumed run: its clock starts again
+                offset += previous
+            previous = time_s
+            values["wall_s"] = offset + time_s
+        else:
+            values["wall_s"] = math.nan
+        is_validation = math.isfinite(values.get("val", math.nan))
+        (validation if is_validation else train)[values["step"]] = values
+
+    def columns(table: dict[float, dict[str, float]]) -> dict[str, np.ndarray]:
+        steps = sorted(table)
+        keys = sorted({key for row in table.values() for key in row})
+        return {
+            key: np.array([table[s].get(key, math.nan) for s in steps], dtype=float) for key in keys
+        }
+
+    return columns(train), columns(validation)
+
+
+def _note(progress: bool, message: str) -> None:
+    if progress:
+        print(message, flush=True)
+
+
+def write_figures(
+    model: nn.Module,
+    guide: nn.Module,
+    config: Config,
+    arrays: Mapping[str, np.ndarray],
+    out_dir: str | os.PathLike,
+    num_sequences: int = 4,
+    seed: int = 0,
+    run_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> list[Path]:
+    """Write the figures of the module docstring into ``out_dir``; returns the written paths.
+
+    :param arrays: a data split as :func:`sqair_pyro.data.load_npz` returns it; frames must be
+        the model's ``image_size`` (else ``ValueError``).
+    :param run_dir: a training run directory; with a ``metrics.csv`` there, training curves.
+    """
+    from sqair_pyro.viz import (
+        animate_sequences,
+        plot_conditional,
+        plot_glimpses,
+        plot_sequences,
+        plot_training_curves,
+    )
+
+    out_dir = Path(out_dir)
+    data = figure_data(model, guide, config, arrays, num_sequences, seed)
+    name = f"{config.encoder.upper()}-{config.model.upper()}"
+    air = config.model == "air"
+    indices = data["indices"]
+    written: list[Path] = []
+
+    def wrote(path: Path) -> None:
+        written.append(path)
+        _note(progress, f"wrote {path}")
+
+    # 1. Reconstructions, boxes coloured by identity.
+    recon = data["reconstruction"]
+    rows = []
+    for s, i in enumerate(indices):
+        rows.append((f"seq {i}: input", recon["images"][s], None, None))
+        rows.append(("reconstruction", recon["canvas"][s], recon["boxes"][s], recon["ids"][s]))
+    how = "each frame inferred alone, box colour = slot" if air else "box colour = identity"
+    wrote(
+        plot_sequences(
+            out_dir / "reconstructions.png",
+            rows,
+            title=f"{name}: inputs and reconstructions ({how})",
+        )
+    )
+    panels = [
+        [(f"seq {i}", recon["images"][s], None, None) for s, i in enumerate(indices)],
+        [
+            ("reconstruction", recon["canvas"][s], recon["boxes"][s], recon["ids"][s])
+            for s in range(len(indices))
+        ],
+    ]
+    wrote(animate_sequences(out_dir / "reconstructions.gif", panels, title=f"{name}: {how}"))
+
+    # 2. Glimpses over time (SQAIR only).
+    if data["glimpses"] is None:
+        _note(progress, "skipped glimpses.png: AIR has no object identities across frames")
+    else:
+        sequences = []
+        for s, i in enumerate(indices):
+            seq_rows = [
+                ("input", recon["images"][s], None, None),
+                ("reconstruction", recon["canvas"][s], recon["boxes"][s], recon["ids"][s]),
+            ]
+            sequences.append((f"seq {i}", seq_rows, data["glimpses"][s]))
+        wrote(
+            plot_glimpses(
+                out_dir / "glimpses.png",
+                sequences,
+                title=f"{name}: reconstructed glimpses of each object over time "
+                "(frame colour = identity)",
+            )
+        )
+
+    # 3. Prior samples.
+    prior = data["prior"]
+    label = "samples" if air else "sample"
+    prior_rows = [
+        (f"{label} {s}", prior["canvas"][s], prior["boxes"][s], prior["ids"][s])
+        for s in range(len(prior["canvas"]))
+    ]
+    what = "independent images (AIR has no time)" if air else "sequences"
+    empty = int((prior["ids"] < 0).all(-1).sum())
+    prior_title = (
+        f"{name}: {what} sampled from the prior ({empty} of {prior['ids'][..., 0].size} "
+        "frames without objects)"
+    )
+    wrote(plot_sequences(out_dir / "prior_samples.png", prior_rows, title=prior_title))
+    half = (len(prior_rows) + 1) // 2
+    panels = [prior_rows[:half], prior_rows[half:]] if len(prior_rows) > 2 else [prior_rows]
+    wrote(animate_sequences(out_dir / "prior_samples.gif", panels, title=f"{name}: prior samples"))
+
+    # 4. Conditional generation (SQAIR only).
+    cond = data["conditional"]
+    if cond is None:
+        reason = "AIR cannot predict frames" if air else f"needs more than {NUM_OBSERVED} frames"
+        _note(progress, f"skipped conditional_generation.png/.gif: {reason}")
+    else:
+        seen = cond["num_observed"]
+        cond_rows = []
+        for s, i in enumerate(indices):
+            cond_rows.append((f"seq {i}: real", cond["real"][s], None, None))
+            for k in range(len(cond["canvas"])):
+                cond_rows.append(
+                    (
+                        f"imagined {k + 1}",
+                        cond["canvas"][k, s],
+                        cond["boxes"][k, s],
+                        cond["ids"][k, s],
+                    )
+                )
+        cond_title = (
+            f"{name}: sees the first {seen} frames, imagines the rest "
+            "(red: imagined; first frames are reconstructions)"
+        )
+        flags = [not label.endswith(": real") for label, *_ in cond_rows]
+        path = out_dir / "conditional_generation.png"
+        wrote(plot_conditional(path, cond_rows, seen, cond_title, imagined=flags))
+        num_frames = cond["real"].shape[1]
+        panels = [
+            [(f"seq {i}: real", cond["real"][s], None, None) for s, i in enumerate(indices)],
+            *[
+                [
+                    (
+                        f"imagined {k + 1}",
+                        cond["canvas"][k, s],
+                        cond["boxes"][k, s],
+                        cond["ids"][k, s],
+                    )
+                    for s in range(len(indices))
+                ]
+                for k in range(len(cond["canvas"]))
+            ],
+        ]
+        frame_titles = [
+            f"t = {t + 1} / {num_frames}: " + ("seen" if t < seen else "IMAGINED")
+            for t in range(num_frames)
+        ]
+        wrote(
+            animate_sequences(
+                out_dir / "conditional_generation.gif",
+                panels,
+                title=f"{name}: conditional generation",
+                frame_titles=frame_titles,
+                imagined=[[r > 0] * len(indices) for r in range(len(panels))],
+                num_observed=seen,
+            )
+        )
+
+    # 5. Training curves.
+    metrics = Path(run_dir) / "metrics.csv" if run_dir is not None else None
+    curves = None
+    if metrics is not None and metrics.is_file():
+        try:
+            curves = read_metrics(metrics)
+        except ValueError as error:
+            _note(progress, f"skipped training_curves.png: {error}")
+    elif metrics is not None:
+        _note(progress, f"skipped training_curves.png: no {metrics}")
+    if curves is not None:
+        train, validation = curves
+        wrote(
+            plot_training_curves(
+                out_dir / "training_curves.png",
+                train,
+                validation,
+                title=f"{name}, run {Path(run_dir).resolve().name}",
+            )
+        )
+    return written
+
+
+def show_checkpoint(
+    checkpoint: str | os.PathLike,
+    data_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    num_sequences: int = 4,
+    seed: int = 0,
+    run_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> list[Path]:
+    """:func:`write_figures` for a checkpoint file and a data file (a directory: its test.npz).
+
+    ``run_dir`` defaults to the checkpoint's directory (where training writes metrics.csv).
+    Raises ``CheckpointError``, ``FileNotFoundError`` or ``ValueError`` for bad input.
+    """
+    from sqair_pyro.checkpoint import load_checkpoint
+    from sqair_pyro.data import load_npz
+
+    data_path = Path(data_path)
+    if data_path.is_dir():
+        data_path = data_path / "test.npz"
+    config, model, guide, _ = load_checkpoint(checkpoint)
+    arrays = load_npz(data_path)
+    _check_arrays(arrays, config)
+    if run_dir is None:
+        run_dir = Path(checkpoint).parent
+    return write_figures(
+        model, guide, config, arrays, out_dir, num_sequences, seed, run_dir, progress
+    )
