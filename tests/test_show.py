@@ -36,7 +36,7 @@ METRICS = """step,time_s,frames,bound,counting_accuracy,objects,grad_norm,lr,val
 
 
 def tiny(name):
-    config = preset(name, hidden=16, z_what_dim=4)
+    config = preset(name, hidden=16, z_what_dim=4, discovery_prior="categorical")
     torch.manual_seed(0)
     model, guide = build(config)
     return config, model, guide
