@@ -51,6 +51,7 @@ def build(config: Config) -> tuple[nn.Module, nn.Module]:
             glimpse_size=config.glimpse_size,
             where_init=what_where.where_loc,
             what_scale_offset=config.what_scale_offset,
+            pres_bias=config.discovery_pres_bias,
         )
         if config.objective == "tracegraph":
             discovery.baseline = baseline_network(config)
@@ -61,7 +62,7 @@ def build(config: Config) -> tuple[nn.Module, nn.Module]:
         config.max_objects,
         discovery_prior(config),
         what_where,
-        PropagationPrior(config.z_what_dim, hidden),
+        PropagationPrior(config.z_what_dim, hidden, survive_bias=config.survive_bias),
         likelihood,
     )
     image_encoder = ImageEncoderMLP(config.image_size, [hidden, hidden])
@@ -73,6 +74,7 @@ def build(config: Config) -> tuple[nn.Module, nn.Module]:
         hidden,
         config.glimpse_size,
         what_scale_offset=config.what_scale_offset,
+        pres_bias=config.propagation_pres_bias,
     )
     discovery = DiscoveryRNN(
         glimpse_encoder=glimpse_encoder,
@@ -83,6 +85,7 @@ def build(config: Config) -> tuple[nn.Module, nn.Module]:
         glimpse_size=config.glimpse_size,
         where_init=what_where.where_loc,
         what_scale_offset=config.what_scale_offset,
+        pres_bias=config.discovery_pres_bias,
     )
     if config.objective == "tracegraph":
         discovery.baseline = baseline_network(config)

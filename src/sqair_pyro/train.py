@@ -239,7 +239,8 @@ class Trainer:
     def restore(self, path: Path, batches: SequenceBatches) -> None:
         """Continue exactly where the checkpoint at ``path`` stopped."""
         payload = read_checkpoint(path, map_location=str(self.device))
-        before, now = payload["config"], self.config.to_dict()
+        # Keys added since the checkpoint was written take their defaults.
+        before, now = Config.from_dict(payload["config"]).to_dict(), self.config.to_dict()
         changed = sorted(k for k in now if before.get(k) != now[k] and k not in RESUMABLE_CHANGES)
         if changed:
             raise ValueError(
