@@ -123,3 +123,14 @@ def test_learning_rates_by_component():
     counted = sum(len(g["params"]) for g in trainer.optimizer.param_groups)
     unique = {id(p) for m in (trainer.model, trainer.guide) for p in m.parameters()}
     assert counted == len(unique)
+
+
+def test_checkpoints_get_the_usual_file_mode(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        path = save_atomic({"a": 1}, tmp_path / "c.pt")
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644
