@@ -76,9 +76,19 @@ def test_unknown_setting_is_rejected(tmp_path, capsys):
     assert "hiden" in capsys.readouterr().err
 
 
-def test_demo_writes_its_figure(tmp_path):
+@pytest.mark.slow
+def test_demo_evaluates_and_draws_the_shipped_models(tmp_path, capsys):
+    import json
+
+    from sqair_pyro.pretrained import available
+
     assert main(["demo", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "ground_truth.png").stat().st_size > 10_000
+    assert "mlp-air" in available()
+    report = json.loads((tmp_path / "mlp-air" / "report.json").read_text())
+    assert report["num_sequences"] == 100 and 0 <= report["counting_accuracy"] <= 1
+    assert (tmp_path / "mlp-air" / "reconstructions.png").stat().st_size > 10_000
+    assert "| MLP-AIR (mlp-air) |" in capsys.readouterr().out
 
 
 @pytest.mark.slow

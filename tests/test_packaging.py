@@ -30,3 +30,7 @@ def test_wheel_ships_models_and_guides(tmp_path):
     for module in ("models/sqair.py", "models/air.py", "guides/sqair.py", "guides/air.py"):
         assert f"sqair_pyro/{module}" in names
     assert "sqair_pyro/infer/vimco.py" in names
+    assert {
+        "sqair_pyro/models/pretrained/mlp-air.pt",
+        "sqair_pyro/models/pretrained/mlp-air.json",
+    } <= names

@@ -380,7 +380,7 @@ def plot_training_curves(
     """
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)
     panels = [
-        (axes[0, 0], train, "bound", "training bound (per sequence)"),
+        (axes[0, 0], train, "bound", "training bound (per datum: a sequence, or an AIR frame)"),
         (axes[0, 1], validation, "val", "validation bound (full length)"),
         (axes[1, 0], train, "counting_accuracy", "counting accuracy (training batches)"),
         (axes[1, 1], train, "objects", "objects per frame (training batches)"),
