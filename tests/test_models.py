@@ -85,7 +85,7 @@ def _sites(fn, *args):
     return {name for name, site in trace.nodes.items() if site["type"] == "sample"}
 
 
-@pytest.mark.parametrize("name", ["mlp-air", "mlp-sqair"])
+@pytest.mark.parametrize("name", ["mlp-air", "mlp-sqair", "conv-sqair"])
 def test_guide_sites_mirror_the_model(name):
     """Every latent site of the model has a guide site of the same name, and vice versa."""
     pyro.set_rng_seed(0)
@@ -97,7 +97,9 @@ def test_guide_sites_mirror_the_model(name):
     assert any("prop_3_2" in s for s in model_sites) == (config.model == "sqair")
 
 
-@pytest.mark.parametrize(("name", "paper"), [("mlp-air", 1.7e6), ("mlp-sqair", 2.9e6)])
+@pytest.mark.parametrize(
+    ("name", "paper"), [("mlp-air", 1.7e6), ("mlp-sqair", 2.9e6), ("conv-sqair", 2.6e6)]
+)
 def test_parameter_counts_match_the_paper(name, paper):
     """App. D.2: trainable parameters within 10% of the paper's."""
     count = num_parameters(*build(preset(name)))
@@ -152,3 +154,20 @@ def test_imagine_continues_the_observed_objects():
     last = out["ids"][:, :, 2]
     carried = (last[..., None] == out["ids"][:, :, 3].unsqueeze(-2)).any(-1) & (last >= 0)
     assert carried.sum() >= 0.9 * (last >= 0).sum() > 0
+
+
+def test_conv_sqair_trains_a_step():
+    """The CONV variant's shared CNN, subpixel decoder and the objective fit together."""
+    from sqair_pyro.infer import VIMCO_ELBO
+
+    pyro.set_rng_seed(3)
+    model, guide = build(preset("conv-sqair"))
+    images = torch.rand(2, 3, 50, 50)
+    loss = VIMCO_ELBO(num_particles=2, max_plate_nesting=1).differentiable_loss(
+        model, guide, images
+    )
+    loss.backward()
+    shared = guide.image_encoder.cnn
+    assert shared is guide.propagation.glimpse_encoder.cnn  # one CNN for both encoders
+    assert shared.net[0].weight.grad.abs().sum() > 0
+    assert model.likelihood.decoder.net[0].weight.grad.abs().sum() > 0

@@ -17,7 +17,15 @@ from sqair_pyro.models.priors import (
     WhatWherePrior,
 )
 from sqair_pyro.models.sqair import SQAIRModel
-from sqair_pyro.nn.modules import MLP, GlimpseDecoderMLP, GlimpseEncoderMLP, ImageEncoderMLP
+from sqair_pyro.nn.modules import (
+    MLP,
+    ConvEncoder,
+    GlimpseDecoderMLP,
+    GlimpseDecoderSubpixel,
+    GlimpseEncoderMLP,
+    ImageEncoderMLP,
+    SharedCNN,
+)
 
 
 def discovery_prior(config: Config) -> DiscoveryPrior:
@@ -29,21 +37,52 @@ def discovery_prior(config: Config) -> DiscoveryPrior:
     raise ValueError(f"unknown discovery prior {config.discovery_prior!r}")
 
 
+def networks(config: Config) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """``(image_encoder, glimpse_encoder, glimpse_decoder)`` of the MLP or CONV variant.
+
+    MLP: fully connected layers of ``hidden`` units. CONV (App. D.2): the encoders share a
+    CNN with [16, 32, 32, 64] maps and strides [2, 2, 1, 1], each followed by its own fully
+    connected layer; a subpixel-CNN decoder from FC [256, 800] (32 maps of 5x5) through
+    [32, 64, 64] maps with strides [1, 2, 2].
+    """
+    hidden = config.hidden
+    if config.encoder == "mlp":
+        return (
+            ImageEncoderMLP(config.image_size, [hidden, hidden]),
+            GlimpseEncoderMLP(config.glimpse_size, [hidden, hidden]),
+            GlimpseDecoderMLP(config.z_what_dim, [hidden] * 3, config.glimpse_size),
+        )
+    if config.encoder == "conv":
+        cnn = SharedCNN([16, 32, 32, 64], [2, 2, 1, 1])
+        start = (config.glimpse_size[0] // 4, config.glimpse_size[1] // 4)
+        decoder = GlimpseDecoderSubpixel(
+            config.z_what_dim,
+            [256, 32 * start[0] * start[1]],
+            start,
+            [32, 64, 64],
+            [1, 2, 2],
+            config.glimpse_size,
+        )
+        return (
+            ConvEncoder(cnn, config.image_size, hidden),
+            ConvEncoder(cnn, config.glimpse_size, hidden),
+            decoder,
+        )
+    raise ValueError(f"unknown encoder {config.encoder!r}; choose 'mlp' or 'conv'")
+
+
 def build(config: Config) -> tuple[nn.Module, nn.Module]:
     """``(model, guide)`` as nn.Modules whose ``forward`` are the Pyro programs."""
-    if config.encoder != "mlp":
-        raise NotImplementedError(f"encoder {config.encoder!r} is not built yet")
     hidden = config.hidden
     what_where = WhatWherePrior(
         config.z_what_dim, config.where_scale_logit, config.where_scale_sd, config.where_shift_sd
     )
-    decoder = GlimpseDecoderMLP(config.z_what_dim, [hidden] * 3, config.glimpse_size)
+    image_encoder, glimpse_encoder, decoder = networks(config)
     likelihood = AdditiveSTLikelihood(decoder, config.image_size, config.obs_sd)
     if config.model == "air":
         model = AIRModel(config.max_objects, discovery_prior(config), what_where, likelihood)
-        image_encoder = ImageEncoderMLP(config.image_size, [hidden, hidden])
         discovery = DiscoveryRNN(
-            glimpse_encoder=GlimpseEncoderMLP(config.glimpse_size, [hidden, hidden]),
+            glimpse_encoder=glimpse_encoder,
             input_dim=image_encoder.out_dim,
             max_objects=config.max_objects,
             z_what_dim=config.z_what_dim,
@@ -65,8 +104,6 @@ def build(config: Config) -> tuple[nn.Module, nn.Module]:
         PropagationPrior(config.z_what_dim, hidden, survive_bias=config.survive_bias),
         likelihood,
     )
-    image_encoder = ImageEncoderMLP(config.image_size, [hidden, hidden])
-    glimpse_encoder = GlimpseEncoderMLP(config.glimpse_size, [hidden, hidden])
     propagation = PropagationRNNs(
         glimpse_encoder,
         image_encoder.out_dim,

@@ -127,3 +127,85 @@ def bcat(tensors: list[torch.Tensor]) -> torch.Tensor:
     """Concatenate on the last dim after broadcasting the leading (batch, particle) dims."""
     lead = torch.broadcast_shapes(*(t.shape[:-1] for t in tensors))
     return torch.cat([t.expand(*lead, t.shape[-1]) for t in tensors], dim=-1)
+
+
+class SharedCNN(nn.Module):
+    """CONV-SQAIR's convolutional trunk, shared by the image and glimpse encoders (App. D.2).
+
+    3x3 convolutions with ``channels`` feature maps and ``strides``, ELU after each.
+    """
+
+    def __init__(self, channels: list[int], strides: list[int]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        n_in = 1
+        for n_out, stride in zip(channels, strides, strict=True):
+            layers += [nn.Conv2d(n_in, n_out, 3, stride=stride, padding=1), nn.ELU()]
+            n_in = n_out
+        self.net = nn.Sequential(*layers)
+
+    def output_size(self, size: tuple[int, int]) -> int:
+        """Flattened output size for an input of ``size`` (H, W)."""
+        with torch.no_grad():
+            return self.net(torch.zeros(1, 1, *size)).numel()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(..., H, W) to (..., features)."""
+        lead = images.shape[:-2]
+        out = self.net(images.reshape(-1, 1, *images.shape[-2:]))
+        return out.reshape(*lead, -1)
+
+
+class ConvEncoder(nn.Module):
+    """The shared CNN followed by this encoder's own fully connected layer (ELU)."""
+
+    def __init__(self, cnn: SharedCNN, input_size: tuple[int, int], out_dim: int) -> None:
+        super().__init__()
+        self.cnn = cnn
+        self.linear = nn.Linear(cnn.output_size(input_size), out_dim)
+        self.out_dim = out_dim
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return F.elu(self.linear(self.cnn(images)))
+
+
+class GlimpseDecoderSubpixel(nn.Module):
+    """CONV-SQAIR's glimpse decoder (App. D.2; Shi et al., 2016).
+
+    Two fully connected layers ``fc`` (the last reshaped to ``channels[0]`` maps of
+    ``start`` pixels), then 3x3 convolutions with ``channels`` feature maps, each upsampling by
+    its stride with a pixel shuffle, and a 1x1 output convolution to one channel.
+    """
+
+    def __init__(
+        self,
+        z_what_dim: int,
+        fc: list[int],
+        start: tuple[int, int],
+        channels: list[int],
+        strides: list[int],
+        glimpse_size: tuple[int, int],
+        output_bias: float = -2.0,
+    ) -> None:
+        super().__init__()
+        self.start = start
+        self.start_channels = fc[-1] // (start[0] * start[1])
+        self.fc = nn.Sequential(MLP([z_what_dim, *fc]), nn.ELU())
+        layers: list[nn.Module] = []
+        n_in = self.start_channels
+        for n_out, stride in zip(channels, strides, strict=True):
+            layers += [nn.Conv2d(n_in, n_out * stride**2, 3, padding=1)]
+            if stride > 1:
+                layers.append(nn.PixelShuffle(stride))
+            layers.append(nn.ELU())
+            n_in = n_out
+        layers.append(nn.Conv2d(n_in, 1, 1))
+        self.net = nn.Sequential(*layers)
+        self.glimpse_size = glimpse_size
+        self.output_bias = output_bias
+
+    def forward(self, z_what: torch.Tensor) -> torch.Tensor:
+        lead = z_what.shape[:-1]
+        maps = self.fc(z_what).reshape(-1, self.start_channels, *self.start)
+        logits = self.net(maps).reshape(*lead, *self.glimpse_size)
+        return torch.sigmoid(logits + self.output_bias)
