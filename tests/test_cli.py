@@ -112,3 +112,13 @@ def test_readme_python_api_runs(tiny_data, monkeypatch):
     exec(compile(snippet, "README.md", "exec"), namespace)
     assert namespace["latents"]["z_pres"].shape == (32, 10, 3, 1)
     assert math.isfinite(namespace["loss"])
+
+
+def test_evaluate_defaults_to_the_shipped_model(tiny_data, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "r.json"
+    args = ["evaluate", "--data", str(tiny_data / "test.npz"), "--out", str(out)]
+    assert main([*args, "--particles", "2", "--sequences", "3"]) == 0
+    assert json.loads(out.read_text())["checkpoint"].endswith("mlp-air.pt")
+    assert "MLP-AIR" in capsys.readouterr().out

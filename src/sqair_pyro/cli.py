@@ -59,6 +59,17 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"demo written to {run_demo(args.out, mnist_dir=args.mnist_dir)}")
 
 
+def default_checkpoint() -> Path:
+    """The best shipped pretrained checkpoint (SQAIR before AIR)."""
+    from sqair_pyro import pretrained
+    from sqair_pyro.demo import DEMO_MODELS
+
+    for name in DEMO_MODELS:
+        if name in pretrained.available():
+            return pretrained.pretrained_path(name)
+    raise FileNotFoundError("no shipped pretrained checkpoint: pass --checkpoint")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     import torch
 
@@ -66,8 +77,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    checkpoint = args.checkpoint or default_checkpoint()
     report = evaluate_checkpoint(
-        args.checkpoint,
+        checkpoint,
         args.data,
         num_particles=args.particles,
         num_sequences=args.sequences,
@@ -184,8 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--checkpoint",
         type=Path,
-        required=True,
-        help="checkpoint to evaluate (required for now; a shipped pretrained default will come)",
+        help="checkpoint to evaluate (default: the best shipped pretrained model)",
     )
     p.add_argument(
         "--data", type=Path, required=True, help="data file (.npz), or a directory: its test.npz"
