@@ -122,3 +122,15 @@ def test_evaluate_defaults_to_the_shipped_model(tiny_data, tmp_path, capsys):
     assert main([*args, "--particles", "2", "--sequences", "3"]) == 0
     assert json.loads(out.read_text())["checkpoint"].endswith("mlp-air.pt")
     assert "MLP-AIR" in capsys.readouterr().out
+
+
+def test_resume_without_preset_uses_the_runs_own_settings(tiny_data, tmp_path):
+    from sqair_pyro.checkpoint import read_checkpoint
+
+    run = ["--data", str(tiny_data), "--out", str(tmp_path / "run")]
+    first = ["train", "--preset", "mlp-air", *run, "--steps", "2", "--set", "hidden=16"]
+    assert main([*first, "--set", "validation_size=4"]) == 0
+    assert main(["train", "--resume", *run, "--steps", "3"]) == 0
+    payload = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert payload["step"] == 3 and payload["config"]["hidden"] == 16
+    assert main(["train", *run]) == 1  # neither a preset nor a run to resume

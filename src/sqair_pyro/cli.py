@@ -46,7 +46,17 @@ def cmd_train(args: argparse.Namespace) -> None:
         overrides["num_steps"] = args.steps
     if args.clip_norm is not None:
         overrides["clip_norm"] = args.clip_norm
-    config = preset(args.preset, **overrides)
+    last = Path(args.out) / "last.pt"
+    if args.resume and last.exists() and args.preset is None:
+        # Continue with the run's own settings; only how long and how often may change.
+        from sqair_pyro.checkpoint import read_checkpoint
+        from sqair_pyro.config import Config
+
+        config = Config.from_dict(read_checkpoint(last)["config"]).replace(**overrides)
+    elif args.preset is None:
+        raise ValueError("--preset is required unless --resume continues OUT/last.pt")
+    else:
+        config = preset(args.preset, **overrides)
     if args.threads:
         torch.set_num_threads(args.threads)
     best = train(config, args.data, args.out, resume=args.resume, device=args.device)
@@ -161,7 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_make_data)
 
     p = sub.add_parser("train", help="train a model with SVI")
-    p.add_argument("--preset", choices=sorted(PRESETS), required=True)
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="model and settings (optional with --resume: the run's own are used)",
+    )
     p.add_argument("--data", type=Path, required=True, help="directory with train.npz")
     p.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, logs)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
