@@ -57,13 +57,15 @@ class DiscoveryRNN(nn.Module):
         where_init: torch.Tensor,
         pres_bias: float = 1.0,
         what_scale_offset: float = 0.0,
+        extra_dim: int = 0,
     ) -> None:
         super().__init__()
         self.max_objects = max_objects
         self.z_what_dim = z_what_dim
         self.glimpse_size = glimpse_size
         self.glimpse_encoder = glimpse_encoder
-        self.rnn = nn.RNNCell(input_dim + z_what_dim + 4 + 1, hidden)
+        # Inputs: [context, z_what, z_where, z_pres, extra]; AIR's are a prefix of SQAIR's.
+        self.rnn = nn.RNNCell(input_dim + z_what_dim + 4 + 1 + extra_dim, hidden)
         self.pres_head = BernoulliHead(hidden, [hidden], bias=pres_bias)
         self.where_head = GaussianHead(
             hidden, 4, [hidden], scale_offset=-3.0, min_scale=0.01, loc_init=where_init
@@ -80,12 +82,15 @@ class DiscoveryRNN(nn.Module):
         context: torch.Tensor,
         num_free: torch.Tensor | None,
         site: Callable[[str, int], str],
+        extra: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Discover up to ``N`` objects in ``image`` (..., H, W).
 
-        :param context: (..., C) the image encoding and anything else the RNN conditions on.
+        :param context: (..., C) the image encoding ``e_t``.
         :param num_free: (...,) slots left for new objects (``N - P_t``); None: all ``N``.
         :param site: the sample-site name of a latent ``kind`` in slot ``i``.
+        :param extra: (..., E) more conditioning, e.g. SQAIR's summary ``l_t`` of the
+            propagated objects (Eq. 6); None for AIR.
         :returns: the stacked latents (..., N, ·) and ``features``, the glimpse encodings.
         """
         batch = context.shape[:-1]
@@ -95,7 +100,8 @@ class DiscoveryRNN(nn.Module):
         z_pres = context.new_ones(*batch, 1)
         latents: dict[str, list[torch.Tensor]] = {name: [] for name in (*LATENTS, "features")}
         for i in range(self.max_objects):
-            h = flat_cell(self.rnn, bcat([context, z_what, z_where, z_pres]), h)
+            inputs = [context, z_what, z_where, z_pres] + ([] if extra is None else [extra])
+            h = flat_cell(self.rnn, bcat(inputs), h)
             p = self.pres_head(h) * z_pres
             if num_free is not None:  # at most N - P_t new objects (Eq. 8)
                 p = p * (num_free > i).unsqueeze(-1).to(p.dtype)

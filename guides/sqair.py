@@ -205,7 +205,8 @@ class SQAIRGuide(nn.Module):
         ).sum(-2)
         return self.discovery(
             image,
-            bcat([encoding, summary]),
+            encoding,
             self.max_objects - num_propagated,
             lambda kind, i: f"{kind}_disc_{t}_{i}",
+            extra=summary,
         )

@@ -134,3 +134,33 @@ def test_checkpoints_get_the_usual_file_mode(tmp_path):
     finally:
         os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_sqair_warm_started_from_air_discovers_the_first_frame_as_air_does(tiny_data, tmp_path):
+    """init_from copies matching weights and widens the discovery RNN's input with zeros."""
+    import pyro
+
+    air_ckpt = train(small_config("mlp-air", num_steps=2), tiny_data, tmp_path, progress=False)
+    _, air_model, air_guide, _ = load_checkpoint(air_ckpt)
+    trainer = Trainer(small_config("mlp-sqair", init_from=str(air_ckpt)))
+    assert "guide.discovery.rnn.weight_ih" in trainer.initialised
+    assert "model.likelihood.decoder.net.0.weight" in trainer.initialised
+    frames = torch.rand(3, 2, 50, 50)
+    pyro.set_rng_seed(7)
+    sqair = pyro.poutine.trace(trainer.guide).get_trace(frames)
+    pyro.set_rng_seed(7)
+    air = pyro.poutine.trace(air_guide).get_trace(frames[:, 0])
+    for kind in ("z_pres", "z_where", "z_what"):
+        for i in range(3):
+            torch.testing.assert_close(
+                sqair.nodes[f"{kind}_disc_0_{i}"]["value"], air.nodes[f"{kind}_{i}"]["value"]
+            )
+    with pytest.raises(ValueError, match="shares no weights"):
+        train_module.warm_start(trainer.model, trainer.guide, _foreign_checkpoint(tmp_path))
+
+
+def _foreign_checkpoint(tmp_path):
+    from sqair_pyro.checkpoint import save_checkpoint
+
+    other = torch.nn.Linear(2, 2)  # a checkpoint of some other network entirely
+    return save_checkpoint(tmp_path / "foreign.pt", small_config("mlp-air"), other, other)

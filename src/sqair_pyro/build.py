@@ -115,7 +115,8 @@ def build(config: Config) -> tuple[nn.Module, nn.Module]:
     )
     discovery = DiscoveryRNN(
         glimpse_encoder=glimpse_encoder,
-        input_dim=image_encoder.out_dim + hidden,
+        input_dim=image_encoder.out_dim,
+        extra_dim=hidden,
         max_objects=config.max_objects,
         z_what_dim=config.z_what_dim,
         hidden=hidden,

@@ -52,6 +52,9 @@ class Config:
     curriculum_every: int = 2000
     num_frames: int = 10
     seed: int = 0
+    # Start from the weights of another checkpoint wherever names and shapes match (e.g.
+    # SQAIR's discovery, encoders and decoder from a trained AIR); None: from scratch.
+    init_from: str | None = None
     log_every: int = 50
     checkpoint_every: int = 500
     validate_every: int = 1000

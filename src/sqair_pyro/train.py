@@ -85,6 +85,39 @@ def parameter_groups(config: Config, modules: dict[str, nn.Module]) -> list[dict
     return [{"params": params, "lr": lr} for lr, params in by_lr.items()]
 
 
+def warm_start(model: nn.Module, guide: nn.Module, checkpoint: str | Path) -> list[str]:
+    """Copy every weight of ``checkpoint`` whose name and shape match; returns their names.
+
+    A trained AIR gives SQAIR its image and glimpse encoders, discovery heads and decoder:
+    discovery at the first frame then starts where AIR finished, and training can spend
+    its steps on propagation.
+    A weight whose input is wider here (same shape but a longer last dim, like SQAIR's
+    discovery RNN, which also reads the propagated objects' summary after AIR's inputs) gets
+    the checkpoint's columns first and zeros for the new inputs, so it starts as AIR's.
+    """
+    payload = read_checkpoint(checkpoint)
+    copied = []
+    for prefix, module in (("model", model), ("guide", guide)):
+        own = module.state_dict()
+        for name, value in payload[prefix].items():
+            target = own.get(name)
+            if target is None or target.dim() != value.dim():
+                continue
+            if target.shape == value.shape:
+                own[name] = value
+            elif target.shape[:-1] == value.shape[:-1] and value.shape[-1] < target.shape[-1]:
+                widened = torch.zeros_like(target)
+                widened[..., : value.shape[-1]] = value
+                own[name] = widened
+            else:
+                continue
+            copied.append(f"{prefix}.{name}")
+        module.load_state_dict(own)
+    if not copied:
+        raise ValueError(f"{checkpoint} shares no weights with this model")
+    return copied
+
+
 def surrogate_loss(
     elbo: pyro.infer.ELBO, model: Callable, guide: Callable, images: torch.Tensor
 ) -> tuple[torch.Tensor, float]:
@@ -167,6 +200,8 @@ class Trainer:
         self.guide.to(self.device)
         self.capture = _Capture(self.guide)
         self.elbo = make_objective(config)
+        if config.init_from:
+            self.initialised = warm_start(self.model, self.guide, config.init_from)
         groups = parameter_groups(config, {"model": self.model, "guide": self.guide})
         self.params = [p for group in groups for p in group["params"]]
         self.optimizer = make_optimizer(config, groups)
