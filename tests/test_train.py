@@ -164,3 +164,10 @@ def _foreign_checkpoint(tmp_path):
 
     other = torch.nn.Linear(2, 2)  # a checkpoint of some other network entirely
     return save_checkpoint(tmp_path / "foreign.pt", small_config("mlp-air"), other, other)
+
+
+def test_new_objects_per_frame_tells_tracking_from_rediscovery():
+    kept = torch.tensor([[[0, 1, -1], [0, 1, -1], [1, 0, -1]]])  # (1 sequence, T=3, N=3)
+    rediscovered = torch.tensor([[[0, -1, -1], [1, -1, -1], [2, -1, -1]]])
+    assert train_module.new_objects_per_frame(kept) == 0.0
+    assert train_module.new_objects_per_frame(rediscovered) == 1.0

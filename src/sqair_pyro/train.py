@@ -178,6 +178,19 @@ class _Capture:
         return self.latents
 
 
+def new_objects_per_frame(ids: torch.Tensor) -> float:
+    """Objects discovered per frame after the first (..., T, N ids, -1 absent).
+
+    A tracker that keeps its objects discovers few after the first frame; one that drops and
+    rediscovers every object each frame (identity switches) discovers about one per object.
+    """
+    if ids.shape[-2] < 2:
+        return 0.0
+    now, before = ids[..., 1:, :], ids[..., :-1, :]
+    seen = (now.unsqueeze(-1) == before.unsqueeze(-2)).any(-1)
+    return ((now >= 0) & ~seen).sum(-1).float().mean().item()
+
+
 def counting_accuracy(z_pres: torch.Tensor, counts: torch.Tensor) -> float:
     """Fraction of (particle, frame) pairs whose number of present objects equals ``counts``.
 
@@ -233,7 +246,9 @@ class Trainer:
         self.scheduler.step()
         self.step_count += 1
         z_pres = self.capture.latents["z_pres"].detach().cpu()
+        ids = self.capture.latents.get("ids")
         return {
+            "new_objects": float("nan") if ids is None else new_objects_per_frame(ids.cpu()),
             "bound": -loss / images.shape[0],
             "counting_accuracy": counting_accuracy(z_pres, counts),
             "objects": z_pres.sum((-2, -1)).mean().item(),
@@ -306,13 +321,18 @@ class MetricsLog:
         "grad_norm",
         "lr",
         "val",
+        "new_objects",
     )
 
     def __init__(self, out_dir: Path, tensorboard: bool = True) -> None:
         self.path = out_dir / "metrics.csv"
         new = not self.path.exists()
+        fields = self.FIELDS
+        if not new:  # a resumed run keeps its file's columns
+            with self.path.open(newline="") as f:
+                fields = tuple(next(csv.reader(f), self.FIELDS))
         self.file = self.path.open("a", newline="")
-        self.writer = csv.DictWriter(self.file, fieldnames=self.FIELDS, extrasaction="ignore")
+        self.writer = csv.DictWriter(self.file, fieldnames=fields, extrasaction="ignore")
         if new:
             self.writer.writeheader()
         self.tensorboard = None
