@@ -44,6 +44,9 @@ class GatedWhatHead(nn.Module):
     ) -> None:
         super().__init__()
         self.net = nn.Linear(n_in, 3 * z_what_dim)
+        with torch.no_grad():  # start as "appearance as before": delta = 0
+            self.net.weight[:z_what_dim].zero_()
+            self.net.bias[:z_what_dim].zero_()
         self.gate_bias = gate_bias
         self.scale_offset = scale_offset
 
@@ -73,6 +76,8 @@ class PropagationRNNs(nn.Module):
         self.glimpse_size = glimpse_size
         self.glimpse_encoder = glimpse_encoder
         self.proposal = MLP([4 + hidden, hidden, 4])
+        nn.init.zeros_(self.proposal[-1].weight)  # start proposing the previous location
+        nn.init.zeros_(self.proposal[-1].bias)
         self.relation = nn.RNNCell(feat + d + 4 + hidden + d + 4 + image_dim, hidden)
         self.where_head = GaussianHead(hidden, 4, [], scale_offset=-3.0, min_scale=0.01)
         nn.init.zeros_(self.where_head.net[-1].weight)
