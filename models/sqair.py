@@ -31,7 +31,7 @@ from torch import nn
 from sqair_pyro.models.air import discover
 from sqair_pyro.models.likelihood import AdditiveSTLikelihood
 from sqair_pyro.models.priors import DiscoveryPrior, PropagationPrior, WhatWherePrior
-from sqair_pyro.models.state import ObjectState, cat_slots, compact
+from sqair_pyro.models.state import ObjectState, compact
 
 
 def propagate(
@@ -129,12 +129,10 @@ class SQAIRModel(nn.Module):
                 discovered = discover(
                     rho, self.what_where_prior, lambda kind, i, t=t: f"{kind}_disc_{t}_{i}"
                 )
-                # Render every slot, propagated and new (Alg. 1); absent ones add nothing.
-                both = {k: cat_slots([propagated[k], discovered[k]]) for k in propagated}
-                canvases.append(
-                    self.likelihood.render(both["z_what"], both["z_where"], both["z_pres"])
-                )
+                # The N slots of frame t hold every present object, propagated and new
+                # (compaction keeps them all); render them (Alg. 1), absent ones add nothing.
                 state = compact(state, propagated, prior_hidden, discovered)
+                canvases.append(self.likelihood.render(state.z_what, state.z_where, state.z_pres))
                 history.append(state)
             frames = torch.stack(canvases, dim=-3)  # (..., T, H, W)
             pyro.sample("x", dist.Normal(frames, self.likelihood.obs_sd).to_event(3), obs=images)

@@ -171,3 +171,30 @@ def test_conv_sqair_trains_a_step():
     assert shared is guide.propagation.glimpse_encoder.cnn  # one CNN for both encoders
     assert shared.net[0].weight.grad.abs().sum() > 0
     assert model.likelihood.decoder.net[0].weight.grad.abs().sum() > 0
+
+
+def test_rendering_the_compacted_slots_equals_rendering_every_candidate():
+    """The model draws the N compacted slots: the same canvas as all 2N candidates."""
+    from sqair_pyro.models.state import cat_slots
+
+    torch.manual_seed(4)
+    model, _ = build(preset("mlp-sqair", hidden=16, z_what_dim=4))
+    state = ObjectState.empty((5,), 3, hidden_size=16, z_what_dim=4)
+    prop_pres = torch.tensor([[1.0, 0, 1], [0, 0, 0], [1, 1, 1], [0, 1, 0], [1, 0, 0]])
+    disc_pres = torch.tensor([[1.0, 0, 0], [1, 1, 1], [0, 0, 0], [1, 1, 0], [1, 1, 0]])
+
+    def latents(pres):
+        return {
+            "z_pres": pres.unsqueeze(-1),
+            "z_where": torch.randn(5, 3, 4) * 0.5,
+            "z_what": torch.randn(5, 3, 4),
+        }
+
+    prop, disc = latents(prop_pres), latents(disc_pres)
+    compacted = compact(state, prop, torch.zeros(5, 3, 16), disc)
+    render = model.likelihood.render
+    both = {k: cat_slots([prop[k], disc[k]]) for k in prop}
+    torch.testing.assert_close(
+        render(compacted.z_what, compacted.z_where, compacted.z_pres),
+        render(both["z_what"], both["z_where"], both["z_pres"]),
+    )
