@@ -119,6 +119,8 @@ class SQAIRGuide(nn.Module):
         self.max_objects = max_objects
         self.z_what_dim = z_what_dim
         self.hidden = hidden
+        #: Mirrors :attr:`SQAIRModel.discover_after_first_frame`; both must agree.
+        self.discover_after_first_frame = True
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Infer the latents of ``images`` (B, T, H, W); returns them as (..., T, N, ·)."""
@@ -208,10 +210,13 @@ class SQAIRGuide(nn.Module):
         summary = (
             propagated["z_pres"] * self.summary(bcat([propagated["z_what"], propagated["z_where"]]))
         ).sum(-2)
+        num_free = self.max_objects - num_propagated
+        if t > 0 and not self.discover_after_first_frame:
+            num_free = torch.zeros_like(num_free)
         return self.discovery(
             image,
             encoding,
-            self.max_objects - num_propagated,
+            num_free,
             lambda kind, i: f"{kind}_disc_{t}_{i}",
             extra=summary,
         )

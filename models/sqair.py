@@ -90,6 +90,10 @@ class SQAIRModel(nn.Module):
         self.what_where_prior = what_where_prior
         self.propagation_prior = propagation_prior
         self.likelihood = likelihood
+        #: False restricts discovery to the first frame, so that every later frame must be
+        #: explained by propagation: a training phase after a warm start from AIR, whose
+        #: discovery would otherwise rediscover each object in each frame (see train.py).
+        self.discover_after_first_frame = True
 
     def forward(
         self,
@@ -126,6 +130,8 @@ class SQAIRModel(nn.Module):
                 # Discovery (Eq. 7-8): up to N - P_t new objects.
                 num_propagated = propagated["z_pres"].sum((-2, -1))
                 rho = self.discovery_prior.continue_probs(num_propagated, t)
+                if t > 0 and not self.discover_after_first_frame:
+                    rho = torch.zeros_like(rho)  # training phase: objects only from frame 1
                 discovered = discover(
                     rho, self.what_where_prior, lambda kind, i, t=t: f"{kind}_disc_{t}_{i}"
                 )

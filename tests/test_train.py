@@ -171,3 +171,23 @@ def test_new_objects_per_frame_tells_tracking_from_rediscovery():
     rediscovered = torch.tensor([[[0, -1, -1], [1, -1, -1], [2, -1, -1]]])
     assert train_module.new_objects_per_frame(kept) == 0.0
     assert train_module.new_objects_per_frame(rediscovered) == 1.0
+
+
+def test_propagation_warmup_discovers_only_in_the_first_frame():
+    import pyro
+
+    config = small_config("mlp-sqair", propagation_warmup_steps=1, discovery_prior="categorical")
+    trainer = Trainer(config)
+    frames = torch.rand(4, 3, 50, 50)
+    trainer.step(frames, torch.zeros(4, 3, dtype=torch.long))
+    assert trainer.guide.discover_after_first_frame is False  # the step ran in warm-up
+    trainer.guide.discover_after_first_frame = False
+    pyro.set_rng_seed(0)
+    later = [
+        site["value"]
+        for name, site in pyro.poutine.trace(trainer.guide).get_trace(frames).nodes.items()
+        if name.startswith("z_pres_disc_") and not name.startswith("z_pres_disc_0_")
+    ]
+    assert later and all((value == 0).all() for value in later)
+    trainer.step(frames, torch.zeros(4, 3, dtype=torch.long))
+    assert trainer.guide.discover_after_first_frame and trainer.model.discover_after_first_frame

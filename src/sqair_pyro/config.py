@@ -55,6 +55,9 @@ class Config:
     # Start from the weights of another checkpoint wherever names and shapes match (e.g.
     # SQAIR's discovery, encoders and decoder from a trained AIR); None: from scratch.
     init_from: str | None = None
+    # For this many steps SQAIR discovers objects only in the first frame, so propagation
+    # must learn to track before discovery can take over (useful after init_from an AIR).
+    propagation_warmup_steps: int = 0
     log_every: int = 50
     checkpoint_every: int = 500
     validate_every: int = 1000

@@ -228,6 +228,10 @@ class Trainer:
     def step(self, images: torch.Tensor, counts: torch.Tensor) -> dict[str, float]:
         """One SVI step on a batch; returns the bound per datum and the counting accuracy."""
         images = images.to(self.device)
+        later = self.step_count >= self.config.propagation_warmup_steps
+        for program in (self.model, self.guide):
+            if hasattr(program, "discover_after_first_frame"):
+                program.discover_after_first_frame = later
         surrogate, loss = surrogate_loss(self.elbo, self.model, self.capture, images)
         if not math.isfinite(loss):
             raise TrainingDivergedError(
