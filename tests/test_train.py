@@ -8,6 +8,7 @@ from conftest import small_config
 
 from sqair_pyro import train as train_module
 from sqair_pyro.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_atomic
+from sqair_pyro.tracking import new_objects_per_frame
 from sqair_pyro.train import Trainer, TrainingDivergedError, frames_for_step, train
 
 
@@ -169,8 +170,8 @@ def _foreign_checkpoint(tmp_path):
 def test_new_objects_per_frame_tells_tracking_from_rediscovery():
     kept = torch.tensor([[[0, 1, -1], [0, 1, -1], [1, 0, -1]]])  # (1 sequence, T=3, N=3)
     rediscovered = torch.tensor([[[0, -1, -1], [1, -1, -1], [2, -1, -1]]])
-    assert train_module.new_objects_per_frame(kept) == 0.0
-    assert train_module.new_objects_per_frame(rediscovered) == 1.0
+    assert new_objects_per_frame(kept) == 0.0
+    assert new_objects_per_frame(rediscovered) == 1.0
 
 
 def test_propagation_warmup_discovers_only_in_the_first_frame():

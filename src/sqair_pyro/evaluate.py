@@ -40,7 +40,7 @@ from sqair_pyro.config import Config
 from sqair_pyro.infer import estimate_log_px
 from sqair_pyro.nn.spatial_transformer import place, where_to_transform
 from sqair_pyro.predict import boxes_and_ids
-from sqair_pyro.tracking import tracking_metrics
+from sqair_pyro.tracking import new_objects_per_frame, tracking_metrics
 
 __all__ = [
     "PAPER_TABLE1",
@@ -385,6 +385,7 @@ def evaluate(
         counting_accuracy_visible=visible_t.float().mean().item(),
         counting_accuracy_by_digits=by_count,
         mean_inferred_count=torch.cat(inferred).float().mean().item(),
+        new_objects_per_frame=new_objects_per_frame(torch.cat(all_ids)),
         **tracking,
         iou_threshold=float(iou_threshold),
         box_mode=box_mode,

@@ -184,3 +184,16 @@ def tracking_metrics(
         "num_pred_dets": int(num_pred),
         "num_sequences": int(s),
     }
+
+
+def new_objects_per_frame(ids: torch.Tensor) -> float:
+    """Objects discovered per frame after the first (..., T, N ids, -1 absent).
+
+    A tracker that keeps its objects discovers few after the first frame; one that drops and
+    rediscovers every object each frame (identity switches) discovers about one per object.
+    """
+    if ids.shape[-2] < 2:
+        return 0.0
+    now, before = ids[..., 1:, :], ids[..., :-1, :]
+    seen = (now.unsqueeze(-1) == before.unsqueeze(-2)).any(-1)
+    return ((now >= 0) & ~seen).sum(-1).float().mean().item()

@@ -25,6 +25,7 @@ from sqair_pyro.checkpoint import read_checkpoint, save_checkpoint
 from sqair_pyro.config import Config
 from sqair_pyro.data import load_npz
 from sqair_pyro.infer import VIMCO_ELBO
+from sqair_pyro.tracking import new_objects_per_frame
 
 #: Settings a resumed run may change: how long it runs and how often it reports.
 RESUMABLE_CHANGES = frozenset(
@@ -176,19 +177,6 @@ class _Capture:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.latents = self.guide(*args, **kwargs)
         return self.latents
-
-
-def new_objects_per_frame(ids: torch.Tensor) -> float:
-    """Objects discovered per frame after the first (..., T, N ids, -1 absent).
-
-    A tracker that keeps its objects discovers few after the first frame; one that drops and
-    rediscovers every object each frame (identity switches) discovers about one per object.
-    """
-    if ids.shape[-2] < 2:
-        return 0.0
-    now, before = ids[..., 1:, :], ids[..., :-1, :]
-    seen = (now.unsqueeze(-1) == before.unsqueeze(-2)).any(-1)
-    return ((now >= 0) & ~seen).sum(-1).float().mean().item()
 
 
 def counting_accuracy(z_pres: torch.Tensor, counts: torch.Tensor) -> float:
