@@ -30,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sqair_pyro.config import Config
+from sqair_pyro.data import check_frames
 
 __all__ = [
     "SumClassifier",
@@ -90,13 +91,7 @@ def extract_features(
     :returns: (S, T, N * D) float32 features (:func:`frame_features`).
     """
     images = np.asarray(images)
-    if images.ndim != 4:
-        raise ValueError(f"images must be [N, T, H, W], got shape {images.shape}")
-    if tuple(images.shape[2:]) != tuple(config.image_size):
-        raise ValueError(
-            f"frames are {images.shape[2]}x{images.shape[3]} pixels but the model was built "
-            f"for {config.image_size[0]}x{config.image_size[1]}"
-        )
+    check_frames(images, config.image_size)
     pyro.set_rng_seed(seed)
     num_seq, num_frames, height, width = images.shape
     air = config.model == "air"

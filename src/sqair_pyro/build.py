@@ -71,6 +71,28 @@ def networks(config: Config) -> tuple[nn.Module, nn.Module, nn.Module]:
     raise ValueError(f"unknown encoder {config.encoder!r}; choose 'mlp' or 'conv'")
 
 
+def discovery_rnn(
+    config: Config,
+    glimpse_encoder: nn.Module,
+    image_encoder: nn.Module,
+    what_where: WhatWherePrior,
+    extra_dim: int,
+) -> DiscoveryRNN:
+    """AIR's inference RNN, which is also SQAIR's discovery (with ``extra_dim`` inputs)."""
+    return DiscoveryRNN(
+        glimpse_encoder=glimpse_encoder,
+        input_dim=image_encoder.out_dim,
+        extra_dim=extra_dim,
+        max_objects=config.max_objects,
+        z_what_dim=config.z_what_dim,
+        hidden=config.hidden,
+        glimpse_size=config.glimpse_size,
+        where_init=what_where.where_loc,
+        what_scale_offset=config.what_scale_offset,
+        pres_bias=config.discovery_pres_bias,
+    )
+
+
 def build(config: Config) -> tuple[nn.Module, nn.Module]:
     """``(model, guide)`` as nn.Modules whose ``forward`` are the Pyro programs."""
     hidden = config.hidden
@@ -81,17 +103,7 @@ def build(config: Config) -> tuple[nn.Module, nn.Module]:
     likelihood = AdditiveSTLikelihood(decoder, config.image_size, config.obs_sd)
     if config.model == "air":
         model = AIRModel(config.max_objects, discovery_prior(config), what_where, likelihood)
-        discovery = DiscoveryRNN(
-            glimpse_encoder=glimpse_encoder,
-            input_dim=image_encoder.out_dim,
-            max_objects=config.max_objects,
-            z_what_dim=config.z_what_dim,
-            hidden=hidden,
-            glimpse_size=config.glimpse_size,
-            where_init=what_where.where_loc,
-            what_scale_offset=config.what_scale_offset,
-            pres_bias=config.discovery_pres_bias,
-        )
+        discovery = discovery_rnn(config, glimpse_encoder, image_encoder, what_where, 0)
         if config.objective == "tracegraph":
             discovery.baseline = baseline_network(config)
         return model, AIRGuide(image_encoder, discovery)
@@ -113,18 +125,8 @@ def build(config: Config) -> tuple[nn.Module, nn.Module]:
         what_scale_offset=config.what_scale_offset,
         pres_bias=config.propagation_pres_bias,
     )
-    discovery = DiscoveryRNN(
-        glimpse_encoder=glimpse_encoder,
-        input_dim=image_encoder.out_dim,
-        extra_dim=hidden,
-        max_objects=config.max_objects,
-        z_what_dim=config.z_what_dim,
-        hidden=hidden,
-        glimpse_size=config.glimpse_size,
-        where_init=what_where.where_loc,
-        what_scale_offset=config.what_scale_offset,
-        pres_bias=config.discovery_pres_bias,
-    )
+    # Discovery also reads the summary of the propagated objects (Eq. 6), of `hidden` units.
+    discovery = discovery_rnn(config, glimpse_encoder, image_encoder, what_where, hidden)
     if config.objective == "tracegraph":
         discovery.baseline = baseline_network(config)
         propagation.baseline = baseline_network(config)

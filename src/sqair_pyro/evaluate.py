@@ -37,6 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sqair_pyro.config import Config
+from sqair_pyro.data import check_frames
 from sqair_pyro.infer import estimate_log_px
 from sqair_pyro.nn.spatial_transformer import place, where_to_transform
 from sqair_pyro.predict import boxes_and_ids
@@ -232,16 +233,7 @@ def _check_arrays(arrays: Mapping[str, np.ndarray], config: Config) -> None:
     missing = [key for key in _DATA_KEYS if key not in arrays]
     if missing:
         raise ValueError(f"data arrays lack {', '.join(missing)}; is this a moving-MNIST file?")
-    images = arrays["images"]
-    if images.ndim != 4:
-        raise ValueError(f"images must be [N, T, H, W], got shape {tuple(images.shape)}")
-    if tuple(images.shape[2:]) != tuple(config.image_size):
-        raise ValueError(
-            f"frames are {images.shape[2]}x{images.shape[3]} pixels but the model was built "
-            f"for {config.image_size[0]}x{config.image_size[1]}"
-        )
-    if len(images) == 0:
-        raise ValueError("the data file holds no sequences")
+    check_frames(arrays["images"], config.image_size)
 
 
 def _model_name(config: Config) -> str:

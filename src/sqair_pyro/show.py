@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from sqair_pyro.config import Config
+from sqair_pyro.data import check_frames
 from sqair_pyro.predict import boxes_and_ids, imagine, reconstruct
 
 __all__ = [
@@ -68,16 +69,7 @@ NUM_OBSERVED = 3
 def _check_arrays(arrays: Mapping[str, np.ndarray], config: Config) -> None:
     if "images" not in arrays:
         raise ValueError("the data arrays hold no 'images'; is this a moving-MNIST file?")
-    images = arrays["images"]
-    if images.ndim != 4:
-        raise ValueError(f"images must be [N, T, H, W], got shape {tuple(images.shape)}")
-    if tuple(images.shape[2:]) != tuple(config.image_size):
-        raise ValueError(
-            f"frames are {images.shape[2]}x{images.shape[3]} pixels but the model was built "
-            f"for {config.image_size[0]}x{config.image_size[1]}"
-        )
-    if len(images) == 0:
-        raise ValueError("the data file holds no sequences")
+    check_frames(arrays["images"], config.image_size)
 
 
 def select_sequences(arrays: Mapping[str, np.ndarray], num_sequences: int, seed: int) -> list[int]:

