@@ -28,7 +28,15 @@ def tiny_data(tmp_path_factory):
 
 def small_config(name: str, **changes) -> Config:
     """A preset shrunk for tests: 32 units, short sequences, tiny batches."""
-    base = dict(hidden=32, z_what_dim=8, batch_size=4, num_particles=3, validation_size=8)
+    base = dict(
+        hidden=32,
+        z_what_dim=8,
+        batch_size=4,
+        num_particles=3,
+        validation_size=8,
+        init_from=None,  # the shipped AIR has other layer sizes
+        propagation_warmup_steps=0,
+    )
     if name != "mlp-air":
         base.update(num_frames=3, curriculum_start=2, curriculum_every=2)
     return preset(name, **{**base, **changes})

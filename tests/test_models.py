@@ -126,7 +126,7 @@ def test_sqair_objects_keep_identities_and_never_return():
 
 def test_prior_samples_whole_sequences_with_identities():
     pyro.set_rng_seed(2)
-    model, _ = build(preset("mlp-sqair", discovery_prior="categorical"))
+    model, _ = build(preset("mlp-sqair", categorical_init_rho=None))  # uniform counts
     with torch.no_grad():
         out = model(None, num_frames=5, batch_size=8)
     assert out["canvas"].shape == (8, 5, 50, 50)

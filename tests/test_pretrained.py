@@ -27,3 +27,15 @@ def test_export_keeps_weights_drops_optimiser(tiny_data, tmp_path, monkeypatch):
     assert json.loads(out.with_suffix(".json").read_text())["counting_accuracy"] == 0.5
     with pytest.raises(FileNotFoundError, match="tiny-air"):
         pretrained.load_pretrained("no-such-model")
+
+
+def test_mlp_sqair_preset_starts_from_the_shipped_air():
+    """The preset's recipe: warm start from the shipped MLP-AIR by name."""
+    from sqair_pyro.config import preset
+    from sqair_pyro.train import Trainer
+
+    trainer = Trainer(preset("mlp-sqair"))
+    assert "guide.discovery.rnn.weight_ih" in trainer.initialised
+    _, air_model, _ = pretrained.load_pretrained("mlp-air")
+    decoder = trainer.model.likelihood.decoder.net[0].weight
+    assert torch.equal(decoder, air_model.likelihood.decoder.net[0].weight)

@@ -89,6 +89,8 @@ def parameter_groups(config: Config, modules: dict[str, nn.Module]) -> list[dict
 def warm_start(model: nn.Module, guide: nn.Module, checkpoint: str | Path) -> list[str]:
     """Copy every weight of ``checkpoint`` whose name and shape match; returns their names.
 
+    ``checkpoint`` is a path or ``"pretrained:NAME"`` for a shipped checkpoint.
+
     A trained AIR gives SQAIR its image and glimpse encoders, discovery heads and decoder:
     discovery at the first frame then starts where AIR finished, and training can spend
     its steps on propagation.
@@ -96,6 +98,10 @@ def warm_start(model: nn.Module, guide: nn.Module, checkpoint: str | Path) -> li
     discovery RNN, which also reads the propagated objects' summary after AIR's inputs) gets
     the checkpoint's columns first and zeros for the new inputs, so it starts as AIR's.
     """
+    if str(checkpoint).startswith("pretrained:"):
+        from sqair_pyro.pretrained import pretrained_path
+
+        checkpoint = pretrained_path(str(checkpoint).removeprefix("pretrained:"))
     payload = read_checkpoint(checkpoint)
     copied = []
     for prefix, module in (("model", model), ("guide", guide)):
