@@ -27,9 +27,17 @@ from sqair_pyro.data import load_npz
 from sqair_pyro.infer import VIMCO_ELBO
 from sqair_pyro.tracking import new_objects_per_frame
 
-#: Settings a resumed run may change: how long it runs and how often it reports.
+#: Settings a resumed run may change: how long it runs, how often it reports, and where its
+#: first weights came from (used only at the start).
 RESUMABLE_CHANGES = frozenset(
-    {"num_steps", "log_every", "checkpoint_every", "validate_every", "early_stopping_patience"}
+    {
+        "num_steps",
+        "log_every",
+        "checkpoint_every",
+        "validate_every",
+        "early_stopping_patience",
+        "init_from",
+    }
 )
 
 
