@@ -88,7 +88,9 @@ def test_demo_evaluates_and_draws_the_shipped_models(tmp_path, capsys):
     report = json.loads((tmp_path / "mlp-air" / "report.json").read_text())
     assert report["num_sequences"] == 100 and 0 <= report["counting_accuracy"] <= 1
     assert (tmp_path / "mlp-air" / "reconstructions.png").stat().st_size > 10_000
-    assert "| MLP-AIR (mlp-air) |" in capsys.readouterr().out
+    assert (tmp_path / "mlp-sqair" / "conditional_generation.png").stat().st_size > 10_000
+    out = capsys.readouterr().out
+    assert "| MLP-AIR (mlp-air) |" in out and "| MLP-SQAIR (mlp-sqair) |" in out
 
 
 @pytest.mark.slow
@@ -120,8 +122,8 @@ def test_evaluate_defaults_to_the_shipped_model(tiny_data, tmp_path, capsys):
     out = tmp_path / "r.json"
     args = ["evaluate", "--data", str(tiny_data / "test.npz"), "--out", str(out)]
     assert main([*args, "--particles", "2", "--sequences", "3"]) == 0
-    assert json.loads(out.read_text())["checkpoint"].endswith("mlp-air.pt")
-    assert "MLP-AIR" in capsys.readouterr().out
+    assert json.loads(out.read_text())["checkpoint"].endswith("mlp-sqair.pt")  # SQAIR first
+    assert "| MLP-SQAIR (" in capsys.readouterr().out
 
 
 def test_resume_without_preset_uses_the_runs_own_settings(tiny_data, tmp_path):
