@@ -183,10 +183,8 @@ class VIMCO_ELBO(ELBO):
         model_trace, guide_trace = self._traces(model, guide, args, kwargs)
         model_nodes, guide_nodes = model_trace.nodes, guide_trace.nodes
 
-        # Pass 1: collect sites, check them, intersect their plates.
+        # Pass 1: collect sites and check them.
         sites: list[tuple[dict, bool]] = []  # (site, is_guide_site)
-        common: set | None = None  # (name, dim) of the vectorised plates shared by all sites
-        stack: tuple = ()
         for name, site in guide_nodes.items():
             if site["type"] != "sample" or site_is_subsample(site):
                 continue
@@ -199,11 +197,6 @@ class VIMCO_ELBO(ELBO):
                 raise ValueError(f"guide sample site {name!r} is not in the model")
             self._check_site(name, site)
             sites.append((site, True))
-            if common is None:
-                common = {(f.name, f.dim) for f in site["cond_indep_stack"] if f.dim is not None}
-                stack = site["cond_indep_stack"]
-            elif common:
-                common &= {(f.name, f.dim) for f in site["cond_indep_stack"]}
         for name, site in model_nodes.items():
             if site["type"] != "sample" or site_is_subsample(site):
                 continue
@@ -214,11 +207,16 @@ class VIMCO_ELBO(ELBO):
                 )
             self._check_site(name, site)
             sites.append((site, False))
+
+        # The (name, dim) of the vectorised plates shared by all sites: the data plates.
+        common: set | None = None
+        stack: tuple = ()
+        for site, _ in sites:
+            frames = {(f.name, f.dim) for f in site["cond_indep_stack"] if f.dim is not None}
             if common is None:
-                common = {(f.name, f.dim) for f in site["cond_indep_stack"] if f.dim is not None}
-                stack = site["cond_indep_stack"]
-            elif common:
-                common &= {(f.name, f.dim) for f in site["cond_indep_stack"]}
+                common, stack = frames, site["cond_indep_stack"]
+            else:
+                common &= frames
 
         nest = self.max_plate_nesting
         K = self.num_particles
