@@ -12,7 +12,9 @@ torch.set_num_threads(1)  # small tensors: threads cost more than they give on 2
 
 @pytest.fixture(autouse=True)
 def _fresh_pyro():
+    """Every test starts from an empty param store and seed 0."""
     pyro.clear_param_store()
+    pyro.set_rng_seed(0)
     pyro.enable_validation(False)
     yield
     pyro.clear_param_store()

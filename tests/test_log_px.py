@@ -17,14 +17,6 @@ REPS = 1000  # each datum is repeated; the copies give independent estimates in 
 X = X_BASE.repeat(REPS)
 
 
-@pytest.fixture(autouse=True)
-def _fresh():
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    yield
-    pyro.clear_param_store()
-
-
 def model(x):
     with pyro.plate("data", x.shape[0]):
         z = pyro.sample("z", dist.Normal(0.0, 1.0))

@@ -24,14 +24,6 @@ from sqair_pyro.infer import VIMCO_ELBO
 N_SE = 4.0  # tolerance of the unbiasedness checks, in standard errors (per parameter)
 
 
-@pytest.fixture(autouse=True)
-def _fresh():
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    yield
-    pyro.clear_param_store()
-
-
 def _grad_samples(elbo, model, guide, *args):
     """Per-replicate gradient samples of the bound (not the loss), shape (R, num_params)."""
     pyro.clear_param_store()
