@@ -37,7 +37,8 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from sqair_pyro.config import Config, preset
 from sqair_pyro.data import MovingMNISTConfig, load_npz, make_data
-from sqair_pyro.train import SequenceBatches, Trainer
+from sqair_pyro.pretrained import available
+from sqair_pyro.train import SequenceBatches, Trainer, warm_start
 
 # ----------------------------------------------------------------------------- components
 
@@ -48,7 +49,7 @@ ST_PLACE = "spatial transformer: placement"
 IMAGE_ENCODER = "image encoder"
 GLIMPSE_ENCODER = "glimpse encoder"
 DECODER = "glimpse decoder"
-RNN = "RNN cells (GRU/RNN, flat_cell)"
+RNN = "RNN cells (GRU/RNN)"
 HEADS = "heads (posterior/prior heads, proposal, summary, discovery prior)"
 LOG_PROB = "objective: site log-probs (fn.log_prob)"
 VIMCO = "objective: VIMCO weights, masks, reductions, baselines"
@@ -148,7 +149,6 @@ def instrumented(trainer: Trainer) -> Iterator[None]:
     import sqair_pyro.guides.air as guide_air
     import sqair_pyro.guides.sqair as guide_sqair
     import sqair_pyro.models.likelihood as likelihood
-    import sqair_pyro.models.priors as priors
     from sqair_pyro.infer.vimco import VIMCO_ELBO
     from sqair_pyro.nn.modules import BernoulliHead, GaussianHead
 
@@ -158,8 +158,6 @@ def instrumented(trainer: Trainer) -> Iterator[None]:
         # Spatial transformer and recurrent cells, where the programs call them.
         for module in (guide_air, guide_sqair):
             patches.wrap(module, "glimpse", ST_GLIMPSE)
-            patches.wrap(module, "flat_cell", RNN)
-        patches.wrap(priors, "flat_cell", RNN)
         patches.wrap(likelihood, "place", ST_PLACE)
         # Networks, by instance.
         patches.wrap(getattr(guide, "image_encoder", None), "forward", IMAGE_ENCODER)
@@ -209,7 +207,12 @@ def configure(threads: int) -> None:
 def make_config(
     spec: dict[str, Any], frames: int | None = None, objects: int | None = None
 ) -> Config:
-    """The preset at the benchmark's B, K, N, with the curriculum pinned at ``frames``."""
+    """The preset at the benchmark's B, K, N, with the curriculum pinned at ``frames``.
+
+    The weights are ``spec["weights"]`` (a checkpoint or ``pretrained:NAME``; None: fresh
+    initialisation), and every frame may discover objects (no propagation warm-up): a step
+    costs what the objects present cost, so it is timed as a trained model runs it.
+    """
     frames = spec["frames"] if frames is None else frames
     config = preset(
         spec["preset"],
@@ -217,6 +220,8 @@ def make_config(
         num_particles=spec["particles"],
         max_objects=spec["objects"] if objects is None else objects,
         seed=spec["seed"],
+        init_from=spec["weights"],
+        propagation_warmup_steps=0,
     )
     if config.model == "sqair":  # Trainer.step uses the frames it is given; pin them anyway
         config = config.replace(num_frames=frames, curriculum_start=frames)
@@ -276,19 +281,22 @@ def current_rss_mib() -> float:
 
 def time_steps(
     trainer: Trainer, batches: SequenceBatches, frames: int, warmup: int, steps: int
-) -> list[float]:
-    """Seconds of ``trainer.step`` on fresh random batches; batch sampling is not timed."""
+) -> tuple[list[float], float]:
+    """Seconds of ``trainer.step`` on fresh random batches (batch sampling is not timed), and
+    the mean number of objects per frame the guide inferred in the timed steps (the per-object
+    networks run only where objects are, so the cost follows it)."""
     config = trainer.config
     for _ in range(warmup):
         trainer.step(*batches.sample(config.batch_size, frames))
     gc.collect()
-    times = []
+    times, objects = [], []
     for _ in range(steps):
         batch = batches.sample(config.batch_size, frames)
         start = time.perf_counter()
-        trainer.step(*batch)
+        metrics = trainer.step(*batch)
         times.append(time.perf_counter() - start)
-    return times
+        objects.append(metrics["objects"])  # per frame
+    return times, float(np.mean(objects))
 
 
 def summarize(times: list[float], batch_size: int, frames: int) -> dict[str, Any]:
@@ -473,8 +481,9 @@ def step_worker(spec: dict[str, Any]) -> dict[str, Any]:
     batches = load_batches(spec["data"], config, frames)
     trainer = Trainer(config)
     log(f"[{spec['threads']} thread(s)] {spec['warmup']} warm-up + {spec['steps']} timed steps")
-    times = time_steps(trainer, batches, frames, spec["warmup"], spec["steps"])
+    times, objects = time_steps(trainer, batches, frames, spec["warmup"], spec["steps"])
     result: dict[str, Any] = {
+        "objects_per_frame": objects,
         "threads": torch.get_num_threads(),
         "parameters": sum(p.numel() for p in trainer.params),
         "timing": summarize(times, config.batch_size, frames),
@@ -528,7 +537,7 @@ def scaling_worker(spec: dict[str, Any]) -> dict[str, Any]:
             config = make_config(spec, frames=frames, objects=objects)
             batches = load_batches(spec["data"], config, frames)
             trainer = Trainer(config)
-            times = time_steps(
+            times, _ = time_steps(
                 trainer, batches, frames, spec["scaling_warmup"], spec["scaling_steps"]
             )
             medians[frames, objects] = float(np.median(times))
@@ -553,6 +562,8 @@ def eval_worker(spec: dict[str, Any]) -> dict[str, Any]:
     config = make_config(spec)
     pyro.set_rng_seed(config.seed)
     model, guide = build(config)
+    if config.init_from:
+        warm_start(model, guide, config.init_from)
     arrays = load_npz(Path(spec["data"]) / "test.npz")
     sequences, frames = spec["eval_sequences"], spec["frames"]
     images = torch.from_numpy(arrays["images"][:sequences, :frames]).float() / 255
@@ -686,7 +697,8 @@ def print_step(threads: int, result: dict[str, Any], spec: dict[str, Any]) -> No
     ms = 1e3
     print(
         f"\n== {threads} thread(s): B={spec['batch']} K={spec['particles']} "
-        f"T={spec['frames']} N={spec['objects']}, {result['parameters']:,} parameters"
+        f"T={spec['frames']} N={spec['objects']}, {result['parameters']:,} parameters, "
+        f"{result['objects_per_frame']:.2f} objects per frame inferred"
     )
     print(
         f"step: median {timing['median_s'] * ms:.1f} ms  IQR {timing['iqr_s'] * ms:.1f} ms "
@@ -789,6 +801,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=10, help="T")
     p.add_argument("--objects", type=int, default=3, help="N, max objects")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--weights",
+        default="trained",
+        help="checkpoint path, pretrained:NAME, 'trained' (the shipped checkpoint of the "
+        "preset, if any) or 'init' (fresh weights)",
+    )
     p.add_argument("--profile-steps", type=int, default=2, help="0: no time breakdown")
     p.add_argument("--gemm-size", type=int, default=2048)
     p.add_argument("--gemm-repeats", type=int, default=5)
@@ -836,6 +854,12 @@ def main(argv: list[str] | None = None) -> None:
         for key, value in vars(args).items()
         if not key.startswith("worker") and key not in ("json", "threads")
     }
+    if spec["weights"] == "trained":
+        shipped = args.preset in available()
+        spec["weights"] = f"pretrained:{args.preset}" if shipped else None
+    elif spec["weights"] == "init":
+        spec["weights"] = None
+    print(f"weights: {spec['weights'] or 'fresh initialisation'}")
     report["settings"] = {**spec, "threads": args.threads}
     frames_needed = max([args.frames, *(args.scaling_frames if args.scaling else [])])
     with tempfile.TemporaryDirectory(prefix="sqair-bench-") as tmp_name:

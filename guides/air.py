@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from sqair_pyro.models.air import LATENTS
-from sqair_pyro.nn.modules import BernoulliHead, GaussianHead, bcat, flat_cell
+from sqair_pyro.nn.modules import BernoulliHead, GaussianHead, bcat
+from sqair_pyro.nn.rows import Rows
 from sqair_pyro.nn.spatial_transformer import glimpse, where_to_transform
 
 
@@ -100,28 +101,41 @@ class DiscoveryRNN(nn.Module):
         z_pres = context.new_ones(*batch, 1)
         latents: dict[str, list[torch.Tensor]] = {name: [] for name in (*LATENTS, "features")}
         for i in range(self.max_objects):
+            # Slot i may hold a new object only where slot i - 1 did and, with num_free, only
+            # if fewer than N - P_t were found (Eq. 8); elsewhere z_pres^i = 0 for sure, so
+            # the networks run on the deciding rows only (sqair_pyro.nn.rows).
+            may = z_pres if num_free is None else z_pres * (num_free > i).unsqueeze(-1)
+            deciding = Rows(may[..., 0].bool())
             inputs = [context, z_what, z_where, z_pres] + ([] if extra is None else [extra])
-            h = flat_cell(self.rnn, bcat(inputs), h)
-            p = self.pres_head(h) * z_pres
-            if num_free is not None:  # at most N - P_t new objects (Eq. 8)
-                p = p * (num_free > i).unsqueeze(-1).to(p.dtype)
+            h_rows = self.rnn(bcat([deciding.gather(x) for x in inputs]), deciding.gather(h))
+            h = deciding.scatter(h_rows)
+            p = deciding.scatter(self.pres_head(h_rows)) * may
             z_pres = pyro.sample(
                 site("z_pres", i),
                 dist.Bernoulli(p).to_event(1),
                 infer=baseline_options(self.baseline, image, i, self.max_objects),
             )
             present = z_pres[..., 0].bool()
-            loc, scale = self.where_head(h)
+            rows = Rows(present)
+            h_rows = rows.gather(h)
+            loc, scale = self.where_head(h_rows)
             z_where = pyro.sample(
-                site("z_where", i), dist.Normal(loc, scale).to_event(1).mask(present)
+                site("z_where", i),
+                dist.Normal(rows.scatter(loc), rows.scatter(scale, 1.0)).to_event(1).mask(present),
             )
             features = self.glimpse_encoder(
-                glimpse(image, where_to_transform(z_where), self.glimpse_size)
+                glimpse(
+                    rows.gather(image, event_dims=2),
+                    where_to_transform(rows.gather(z_where)),
+                    self.glimpse_size,
+                )
             )
-            loc, scale = self.what_head(bcat([features, h]))
+            loc, scale = self.what_head(bcat([features, h_rows]))
             z_what = pyro.sample(
-                site("z_what", i), dist.Normal(loc, scale).to_event(1).mask(present)
+                site("z_what", i),
+                dist.Normal(rows.scatter(loc), rows.scatter(scale, 1.0)).to_event(1).mask(present),
             )
+            features = rows.scatter(features)
             for name, value in zip(latents, (z_pres, z_where, z_what, features), strict=True):
                 latents[name].append(value)
         return {name: torch.stack(values, dim=-2) for name, values in latents.items()}

@@ -28,7 +28,8 @@ from torch import nn
 
 from sqair_pyro.guides.air import DiscoveryRNN, baseline_options
 from sqair_pyro.models.state import ObjectState, compact
-from sqair_pyro.nn.modules import MLP, BernoulliHead, GaussianHead, bcat, flat_cell
+from sqair_pyro.nn.modules import MLP, BernoulliHead, GaussianHead, bcat
+from sqair_pyro.nn.rows import Rows
 from sqair_pyro.nn.spatial_transformer import glimpse, where_to_transform
 
 
@@ -93,10 +94,11 @@ class PropagationRNNs(nn.Module):
 
     def initial_temporal_state(self, discovered: dict[str, torch.Tensor]) -> torch.Tensor:
         """``h^T`` of newly discovered objects: one temporal step from a zero state."""
-        features, z_where = discovered["features"], discovered["z_where"]
-        no_relation = features.new_zeros(*features.shape[:-1], self.temporal.hidden_size)
-        zero = features.new_zeros(*features.shape[:-1], self.temporal.hidden_size)
-        return flat_cell(self.temporal, bcat([features, z_where, no_relation]), zero)
+        rows = Rows(discovered["z_pres"][..., 0].bool())  # new objects only
+        features, z_where = rows.gather(discovered["features"]), rows.gather(discovered["z_where"])
+        zero = features.new_zeros(features.shape[0], self.temporal.hidden_size)
+        no_relation = zero
+        return rows.scatter(self.temporal(bcat([features, z_where, no_relation]), zero))
 
 
 class SQAIRGuide(nn.Module):
@@ -158,43 +160,53 @@ class SQAIRGuide(nn.Module):
         for i in range(state.num_slots):
             was_present = state.z_pres[..., i, :]  # (..., 1)
             alive = was_present[..., 0].bool()
-            prev_what, prev_where = state.z_what[..., i, :], state.z_where[..., i, :]
-            prev_temporal = state.hidden[..., i, :]
+            # The networks run on the rows that hold object i only (sqair_pyro.nn.rows);
+            # sample sites keep every row, with placeholder parameters where it is masked.
+            rows = Rows(alive)
+            prev_what, prev_where = (
+                rows.gather(state.z_what[..., i, :]),
+                rows.gather(state.z_where[..., i, :]),
+            )
+            prev_temporal = rows.gather(state.hidden[..., i, :])
+            frame, context = rows.gather(image, event_dims=2), rows.gather(encoding)
             # Proposal location and glimpse (Alg. 2 lines 5-7).
             proposal = prev_where + 0.1 * net.proposal(bcat([prev_where, prev_temporal]))
-            proposal_features = net.encode(image, proposal)
+            proposal_features = net.encode(frame, proposal)
             # Relation RNN across objects (line 8, Eq. 14).
             inputs = [proposal_features, prev_what, prev_where, prev_temporal]
-            w_relation = flat_cell(
-                net.relation, bcat([*inputs, last_what, last_where, encoding]), relation
-            )
+            previous_objects = [rows.gather(last_what), rows.gather(last_where), context]
+            w_relation = net.relation(bcat([*inputs, *previous_objects]), rows.gather(relation))
             # Location (line 9), final glimpse (lines 10-11), temporal RNN (line 12, Eq. 15).
             loc, scale = net.where_head(w_relation)
             z_where = pyro.sample(
                 f"z_where_prop_{t}_{i}",
-                dist.Normal(proposal + loc, scale).to_event(1).mask(alive),
+                dist.Normal(rows.scatter(proposal + loc), rows.scatter(scale, 1.0))
+                .to_event(1)
+                .mask(alive),
             )
-            features = net.encode(image, z_where)
-            temporal = flat_cell(net.temporal, bcat([features, z_where, w_relation]), prev_temporal)
+            where = rows.gather(z_where)
+            features = net.encode(frame, where)
+            temporal = net.temporal(bcat([features, where, w_relation]), prev_temporal)
             # Appearance (line 13) and presence, which can only stay 1 (line 14, Eq. 13).
             loc, scale = net.what_head(bcat([features, prev_what, w_relation, temporal]), prev_what)
             z_what = pyro.sample(
-                f"z_what_prop_{t}_{i}", dist.Normal(loc, scale).to_event(1).mask(alive)
+                f"z_what_prop_{t}_{i}",
+                dist.Normal(rows.scatter(loc), rows.scatter(scale, 1.0)).to_event(1).mask(alive),
             )
-            p = net.pres_head(bcat([z_what, z_where, w_relation, temporal]))
+            p = net.pres_head(bcat([rows.gather(z_what), where, w_relation, temporal]))
             z_pres = pyro.sample(
                 f"z_pres_prop_{t}_{i}",
-                dist.Bernoulli(p * was_present).to_event(1).mask(alive),
+                dist.Bernoulli(rows.scatter(p) * was_present).to_event(1).mask(alive),
                 infer=baseline_options(net.baseline, image, i, state.num_slots),
             )
             # The relation state moves on only past objects that were there (line 15, j = i).
             keep = alive.unsqueeze(-1)
-            relation = torch.where(keep, w_relation, relation)
+            relation = torch.where(keep, rows.scatter(w_relation), relation)
             last_what = torch.where(keep, z_what, last_what)
             last_where = torch.where(keep, z_where, last_where)
             for name, value in zip(latents, (z_pres, z_where, z_what), strict=True):
                 latents[name].append(value)
-            temporal_states.append(temporal)
+            temporal_states.append(rows.scatter(temporal))
         stacked = {name: torch.stack(values, dim=-2) for name, values in latents.items()}
         return stacked, torch.stack(temporal_states, dim=-2)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sqair_pyro.nn.rows import Rows
 from sqair_pyro.nn.spatial_transformer import place, where_to_transform
 
 
@@ -29,6 +30,8 @@ class AdditiveSTLikelihood(nn.Module):
         :param z_what: (..., N, D); :param z_where: (..., N, 4) unconstrained;
         :param z_pres: (..., N, 1) in {0, 1}. Returns (..., H, W).
         """
-        glimpses = self.decoder(z_what)  # (..., N, h, w)
-        placed = place(glimpses, where_to_transform(z_where), self.image_size)
-        return (placed * z_pres.unsqueeze(-1)).sum(-3)
+        rows = Rows(z_pres[..., 0] != 0)  # absent objects add nothing: skip them
+        glimpses = self.decoder(rows.gather(z_what))  # (objects, h, w)
+        placed = place(glimpses, where_to_transform(rows.gather(z_where)), self.image_size)
+        placed = placed * rows.gather(z_pres).unsqueeze(-1)
+        return rows.scatter(placed).sum(-3)

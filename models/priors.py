@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from sqair_pyro.models.state import ObjectState
-from sqair_pyro.nn.modules import bcat, flat_cell
+from sqair_pyro.nn.modules import bcat
+from sqair_pyro.nn.rows import Rows
 
 
 class DiscoveryPrior(nn.Module):
@@ -155,10 +156,16 @@ class PropagationPrior(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def update(
-        self, z_what: torch.Tensor, z_where: torch.Tensor, hidden: torch.Tensor
+        self,
+        z_what: torch.Tensor,
+        z_where: torch.Tensor,
+        hidden: torch.Tensor,
+        z_pres: torch.Tensor,
     ) -> torch.Tensor:
-        """One GRU step for every slot: (..., N, ·) to (..., N, H)."""
-        return flat_cell(self.gru, bcat([z_what, z_where]), hidden)
+        """One GRU step for every present object: (..., N, ·) to (..., N, H), zero elsewhere."""
+        rows = Rows(z_pres[..., 0].bool())
+        inputs = bcat([rows.gather(z_what), rows.gather(z_where)])
+        return rows.scatter(self.gru(inputs, rows.gather(hidden)))
 
     def forward(self, hidden: torch.Tensor, previous: ObjectState) -> tuple[torch.Tensor, ...]:
         """``(survive, where_loc, where_scale, what_loc, what_scale)``, each (..., N, ·)."""

@@ -41,7 +41,7 @@ def propagate(
 
     :returns: the latents (..., N, ·) of the propagated objects and the updated GRU states.
     """
-    hidden = prior.update(state.z_what, state.z_where, state.hidden)  # (..., N, H)
+    hidden = prior.update(state.z_what, state.z_where, state.hidden, state.z_pres)  # (..., N, H)
     survive, where_loc, where_scale, what_loc, what_scale = prior(hidden, state)
     latents: dict[str, list[torch.Tensor]] = {"z_pres": [], "z_where": [], "z_what": []}
     for i in range(state.num_slots):

@@ -33,6 +33,34 @@ def test_resume_reaches_the_same_parameters(tiny_data, tmp_path, name):
     assert read_checkpoint(tmp_path / "resumed" / "last.pt")["step"] == 6
 
 
+def test_a_resume_may_lower_the_learning_rate(tiny_data, tmp_path):
+    """Resuming with another lr rescales every group (multipliers and schedule kept)."""
+    config = small_config(
+        "mlp-sqair",
+        num_steps=2,
+        lr=1e-3,
+        lr_multipliers={"decoder": 10.0},
+        lr_decay_steps=[1],
+        lr_decay=0.5,
+    )
+    train(config, tiny_data, tmp_path, progress=False)
+    lowered = config.replace(num_steps=3, lr=1e-4, curriculum_every=1)
+    trainer = Trainer(lowered)
+    batches = train_module.SequenceBatches(
+        train_module.load_npz(tiny_data / "train.npz"), frames_as_images=False, seed=0
+    )
+    trainer.restore(tmp_path / "last.pt", batches)
+    rates = sorted(group["lr"] for group in trainer.optimizer.param_groups)
+    assert rates == pytest.approx([0.5e-4, 0.5e-3])  # decayed once, decoder still 10x
+    assert sorted(g["initial_lr"] for g in trainer.optimizer.param_groups) == pytest.approx(
+        [1e-4, 1e-3]
+    )
+    train(lowered, tiny_data, tmp_path, resume=True, progress=False)  # and it trains on
+    assert read_checkpoint(tmp_path / "last.pt")["step"] == 3
+    with pytest.raises(ValueError, match="other settings"):
+        train(lowered.replace(hidden=16, num_steps=4), tiny_data, tmp_path, resume=True)
+
+
 def test_refuses_to_overwrite_a_run(tiny_data, tmp_path):
     config = small_config("mlp-air", num_steps=1)
     train(config, tiny_data, tmp_path, progress=False)

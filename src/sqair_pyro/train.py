@@ -27,10 +27,13 @@ from sqair_pyro.data import load_npz
 from sqair_pyro.infer import VIMCO_ELBO
 from sqair_pyro.tracking import new_objects_per_frame
 
-#: Settings a resumed run may change: how long it runs, how often it reports, and where its
-#: first weights came from (used only at the start).
+#: Settings a resumed run may change: how long it runs, how often it reports, where its first
+#: weights came from (used only at the start), its base learning rate (every group keeps its
+#: multiplier and the schedule its factor) and the curriculum's pace (frames_for_step).
 RESUMABLE_CHANGES = frozenset(
     {
+        "lr",
+        "curriculum_every",
         "num_steps",
         "log_every",
         "checkpoint_every",
@@ -267,6 +270,14 @@ class Trainer:
         group = self.optimizer.param_groups[0]
         return group["lr"] / group["initial_lr"]
 
+    def rescale_lr(self, factor: float) -> None:
+        """Multiply every group's learning rate (now and under the schedule) by ``factor``."""
+        for group in self.optimizer.param_groups:
+            group["lr"] *= factor
+            group["initial_lr"] *= factor
+        self.scheduler.base_lrs = [lr * factor for lr in self.scheduler.base_lrs]
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
     @torch.no_grad()
     def validate(self, batches: SequenceBatches, num_frames: int, batch_size: int) -> float:
         """The IWAE bound per datum (the training objective's value) on a whole split."""
@@ -307,6 +318,7 @@ class Trainer:
         self.guide.load_state_dict(payload["guide"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
+        self.rescale_lr(self.config.lr / before["lr"])
         torch.set_rng_state(payload["torch_rng"])
         batches.generator.set_state(payload["batch_rng"])
         self.step_count = payload["step"]

@@ -25,14 +25,6 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
 
 
-def flat_cell(cell: nn.RNNCellBase, inputs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-    """Run an ``nn.RNNCell``/``nn.GRUCell`` on inputs with any leading batch dims."""
-    lead = torch.broadcast_shapes(inputs.shape[:-1], state.shape[:-1])
-    inputs = inputs.expand(*lead, inputs.shape[-1]).reshape(-1, inputs.shape[-1])
-    state = state.expand(*lead, state.shape[-1]).reshape(-1, state.shape[-1])
-    return cell(inputs, state).view(*lead, -1)
-
-
 class GaussianHead(nn.Module):
     """An MLP from features to ``(loc, scale)`` of a diagonal Gaussian.
 
@@ -152,8 +144,8 @@ class SharedCNN(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(..., H, W) to (..., features)."""
         lead = images.shape[:-2]
-        out = self.net(images.reshape(-1, 1, *images.shape[-2:]))
-        return out.reshape(*lead, -1)
+        out = self.net(images.reshape(lead.numel(), 1, *images.shape[-2:]))
+        return out.reshape(*lead, math.prod(out.shape[1:]))
 
 
 class ConvEncoder(nn.Module):
@@ -206,6 +198,6 @@ class GlimpseDecoderSubpixel(nn.Module):
 
     def forward(self, z_what: torch.Tensor) -> torch.Tensor:
         lead = z_what.shape[:-1]
-        maps = self.fc(z_what).reshape(-1, self.start_channels, *self.start)
+        maps = self.fc(z_what).reshape(lead.numel(), self.start_channels, *self.start)
         logits = self.net(maps).reshape(*lead, *self.glimpse_size)
         return torch.sigmoid(logits + self.output_bias)

@@ -54,6 +54,8 @@ def glimpse(images: torch.Tensor, z_where: torch.Tensor, size: tuple[int, int]) 
     :returns: ``(*batch, height, width)`` glimpses.
     """
     batch = torch.broadcast_shapes(images.shape[:-2], z_where.shape[:-1])
+    if batch.numel() == 0:  # affine_grid refuses an empty batch
+        return images.new_zeros(*batch, *size)
     sx, sy, tx, ty = z_where.expand(*batch, 4).reshape(-1, 4).unbind(-1)
     zero = torch.zeros_like(sx)
     theta = torch.stack([sx, zero, tx, zero, sy, ty], dim=-1).view(-1, 2, 3)
