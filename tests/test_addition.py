@@ -22,6 +22,7 @@ from sqair_pyro.checkpoint import save_checkpoint
 from sqair_pyro.cli import main
 from sqair_pyro.config import preset
 from sqair_pyro.data import load_npz
+from sqair_pyro.infer import PosteriorMeans
 
 torch.set_num_threads(1)
 
@@ -131,6 +132,43 @@ def test_features_of_the_guide(name, splits):
     assert (a == 0).any() and (a != 0).any()  # some slots absent, some present
     with pytest.raises(ValueError, match="pixels"):
         extract_features(guide, config, images[:, :, :40, :40])
+
+
+def test_posterior_means_replace_continuous_draws_only():
+    """Under PosteriorMeans a Normal site is its mean; a Bernoulli is still drawn."""
+
+    def program():
+        loc = torch.tensor([1.0, -2.0])
+        what = pyro.sample("what", pyro.distributions.Normal(loc, 3.0).to_event(1))
+        pres = pyro.sample("pres", pyro.distributions.Bernoulli(torch.full((1000,), 0.3)))
+        return what, pres
+
+    with PosteriorMeans():
+        what, pres = program()
+    assert torch.equal(what, torch.tensor([1.0, -2.0]))
+    assert set(pres.unique().tolist()) == {0.0, 1.0}  # drawn, not its mean 0.3
+    assert abs(pres.mean().item() - 0.3) < 0.05  # 1000 draws: sd 0.015
+    drawn, _ = program()
+    assert not torch.equal(drawn, what)
+
+
+def test_mean_features_are_the_guides_means(splits):
+    config, model, guide = tiny("mlp-sqair")
+    images = splits[0]["images"][:3]
+    means = extract_features(guide, config, images, features="mean", seed=0)
+    again = extract_features(guide, config, images, features="mean", seed=0)
+    drawn = extract_features(guide, config, images, features="sample", seed=0)
+    torch.testing.assert_close(means, again, rtol=0, atol=0)
+    assert means.shape == drawn.shape and not torch.equal(means, drawn)
+    frames = torch.from_numpy(images).float() / 255
+    with PosteriorMeans():
+        trace = pyro.poutine.trace(guide).get_trace(frames)
+    continuous = [s for s in trace.nodes.values() if s["type"] == "sample" and "z_wh" in s["name"]]
+    assert continuous
+    for site in continuous:
+        assert torch.equal(site["value"], site["fn"].mean), site["name"]
+    with pytest.raises(ValueError, match="features"):
+        extract_features(guide, config, images, features="median")
 
 
 def test_experiment_end_to_end_on_a_tiny_model(splits):

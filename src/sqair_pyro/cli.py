@@ -146,6 +146,7 @@ def cmd_addition(args: argparse.Namespace) -> None:
         epochs=args.epochs,
         seed=args.seed,
         progress=True,
+        features=args.features,
     )
     print(
         f"addition accuracy {report['accuracy']:.4f} (chance {report['chance']:.4f}, "
@@ -263,6 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-sequences", type=int, default=2000, help="first N of train.npz")
     p.add_argument("--test-sequences", type=int, default=500, help="first N of test.npz")
     p.add_argument("--epochs", type=int, default=20, help="classifier epochs")
+    p.add_argument(
+        "--features",
+        choices=["sample", "mean"],
+        default="sample",
+        help="z_what drawn (the paper's probe) or at its posterior mean",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="also write the report as JSON")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

@@ -1,0 +1,19 @@
+"""A Pyro handler that replaces draws of continuous latents by their means."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyro.poutine.messenger import Messenger
+
+
+class PosteriorMeans(Messenger):
+    """Inside ``with PosteriorMeans():`` every unobserved reparameterisable site (z_what,
+    z_where) takes its distribution's mean instead of a draw; discrete sites (z_pres) are
+    still sampled. Run a guide under it for the posterior means of its continuous latents,
+    e.g. as the features of a representation probe.
+    """
+
+    def _pyro_sample(self, msg: dict[str, Any]) -> None:
+        if msg["fn"].has_rsample and not msg["is_observed"] and msg["value"] is None:
+            msg["value"] = msg["fn"].mean
