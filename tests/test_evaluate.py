@@ -16,10 +16,13 @@ from sqair_pyro.cli import main
 from sqair_pyro.config import preset
 from sqair_pyro.data import load_npz
 from sqair_pyro.evaluate import (
+    ADDITION_FORMAT,
     PAPER_TABLE1,
+    REPORT_FORMAT,
     counting_hits,
     evaluate,
     evaluate_checkpoint,
+    join_addition,
     load_report,
     log_px,
     markdown_table,
@@ -269,6 +272,23 @@ def test_markdown_table_has_our_rows_and_the_papers():
     assert "| MLP-AIR (paper) | 6443.6 | 6830.6 | 352.6 | 0.9058 | 0.8644 |" in lines[5]
     with pytest.raises(ValueError, match="not an evaluation report"):
         markdown_table([{"hota": 1.0}])
+
+
+def test_addition_reports_join_the_rows_of_their_checkpoint():
+    base = dict(format=REPORT_FORMAT, model_name="MLP-SQAIR", log_px=1.0, kl=2.0)
+    window = dict(base, checkpoint="a.pt", checkpoint_step=100, box_mode="window")
+    content = dict(window, box_mode="content")
+    other_step = dict(base, checkpoint="a.pt", checkpoint_step=200)
+    addition = dict(format=ADDITION_FORMAT, model_name="MLP-SQAIR", checkpoint_step=100)
+    addition["accuracy"] = 0.25
+    air_only = dict(format=ADDITION_FORMAT, model_name="MLP-AIR", checkpoint="b.pt", accuracy=0.6)
+    rows = join_addition([window, addition, content, other_step, air_only])
+    assert [row.get("addition") for row in rows] == [0.25, 0.25, None, 0.6]
+    assert rows[3]["model_name"] == "MLP-AIR" and "log_px" not in rows[3]
+    assert "addition" not in window  # the reports themselves are left as they were
+    lines = markdown_table([window, content, addition], paper=False).splitlines()
+    assert lines[2].startswith("| MLP-SQAIR (a.pt) | 1.0 | n/a | 2.0 | n/a | 0.2500 |")
+    assert lines[3].startswith("| MLP-SQAIR (a.pt), content boxes |")
 
 
 def test_command_line_evaluate_and_compare(tiny_data, tmp_path, capsys):

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from sqair_pyro.config import Config
 from sqair_pyro.data import check_frames
+from sqair_pyro.evaluate import ADDITION_FORMAT
 from sqair_pyro.infer import PosteriorMeans
 
 #: The per-frame features of the probe: z_what drawn (the paper's), or at its posterior mean.
@@ -266,6 +267,7 @@ def addition_experiment(
     )
     majority = majority_class(train_y)
     return {
+        "format": ADDITION_FORMAT,
         "accuracy": accuracy(classifier, test_x, test_y),
         "train_accuracy": accuracy(classifier, train_x, train_y),
         "chance": (test_y == majority).float().mean().item(),

@@ -234,7 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("compare", help="one Markdown table of evaluation reports and the paper")
+    p = sub.add_parser(
+        "compare",
+        help="one Markdown table of evaluation (and addition) reports and the paper's Table 1",
+    )
     p.add_argument("reports", type=Path, nargs="+", metavar="REPORT.json")
     p.set_defaults(func=cmd_compare)
 

@@ -60,6 +60,8 @@ __all__ = [
 ]
 
 REPORT_FORMAT = "sqair-pyro-evaluation"
+#: The ``format`` of the addition probe's reports (:mod:`sqair_pyro.addition`).
+ADDITION_FORMAT = "sqair-pyro-addition"
 REPORT_VERSION = 1
 
 #: The paper's Table 1 (moving MNIST, T = 10, log p(x) with K = 1000); None: not reported.
@@ -440,9 +442,34 @@ def load_report(path: str | os.PathLike) -> dict[str, Any]:
         report = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path} is not a JSON evaluation report ({error})") from error
-    if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT:
-        raise ValueError(f"{path} is not a sqair-pyro evaluation report")
+    if not isinstance(report, dict) or report.get("format") not in (REPORT_FORMAT, ADDITION_FORMAT):
+        raise ValueError(f"{path} is not a sqair-pyro evaluation or addition report")
     return report
+
+
+def _same_checkpoint(report: Mapping[str, Any]) -> tuple[Any, Any]:
+    return report.get("model_name"), report.get("checkpoint_step")
+
+
+def join_addition(reports: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Evaluation rows, each with the ``addition`` accuracy of the addition report of the same
+    model (model name and checkpoint step); an addition report that matches no evaluation
+    report becomes a row of its own. Reports of :func:`load_report`, in their order."""
+    additions = [r for r in reports if r.get("format") == ADDITION_FORMAT]
+    rows = [dict(r) for r in reports if r.get("format") != ADDITION_FORMAT]
+    for addition in additions:
+        matches = [row for row in rows if _same_checkpoint(row) == _same_checkpoint(addition)]
+        for row in matches:
+            row["addition"] = addition["accuracy"]
+        if not matches:
+            rows.append(
+                {
+                    "model_name": addition.get("model_name"),
+                    "checkpoint": addition.get("checkpoint"),
+                    "addition": addition["accuracy"],
+                }
+            )
+    return rows
 
 
 def _fmt(value: Any, digits: int) -> str:
@@ -474,17 +501,20 @@ _COLUMNS = (
 def markdown_table(reports: list[Mapping[str, Any]], paper: bool = True) -> str:
     """A Markdown table: one row per report, then (``paper=True``) the paper's Table 1 rows.
 
-    Columns a source does not have read "n/a" (``addition``, a supervised probe, is not
-    measured here; the paper has no tracking metrics). Paper rows are marked "(paper)".
+    Columns a source does not have read "n/a" (``addition`` comes from addition reports,
+    joined by :func:`join_addition`; the paper has no tracking metrics). Rows whose tracking
+    used the boxes of the drawn pixels say "content boxes". Paper rows are marked "(paper)".
     """
     header = ["model", *(c[0] for c in _COLUMNS)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for report in reports:
-        if "log_px" not in report:
+    for report in join_addition(reports):
+        if "log_px" not in report and "addition" not in report:
             raise ValueError("not an evaluation report (no 'log_px')")
         name = report.get("model_name", "model")
         if report.get("checkpoint"):
             name = f"{name} ({report['checkpoint']})"
+        if report.get("box_mode") == "content":
+            name = f"{name}, content boxes"
         cells = [_fmt(report.get(key), digits) for _, key, digits in _COLUMNS]
         lines.append("| " + " | ".join([name, *cells]) + " |")
     if paper:
