@@ -1,5 +1,6 @@
 """Training: it learns something, resumes exactly, survives crashes, reports divergence."""
 
+import csv
 import math
 
 import pytest
@@ -24,7 +25,13 @@ def test_resume_reaches_the_same_parameters(tiny_data, tmp_path, name):
     straight = train(config, tiny_data, tmp_path / "straight", progress=False)
     first = config.replace(num_steps=3)
     train(first, tiny_data, tmp_path / "resumed", progress=False)
+    elapsed = read_checkpoint(tmp_path / "resumed" / "last.pt")["elapsed_s"]
     train(config, tiny_data, tmp_path / "resumed", resume=True, progress=False)
+    # The training clock runs on over the resume, in the checkpoint and in metrics.csv.
+    assert read_checkpoint(tmp_path / "resumed" / "last.pt")["elapsed_s"] > elapsed > 0
+    with (tmp_path / "resumed" / "metrics.csv").open() as f:
+        times = [float(row["time_s"]) for row in csv.DictReader(f)]
+    assert len(times) == 2 and 0 < times[0] < times[1]  # validations at steps 3 and 6
     a = _params(straight.parent / "last.pt")
     b = _params(tmp_path / "resumed" / "last.pt")
     assert a.keys() == b.keys()

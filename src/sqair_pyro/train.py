@@ -228,6 +228,8 @@ class Trainer:
         )
         self.step_count = 0
         self.best_validation = -math.inf
+        #: Seconds of training so far, over every resume (checkpoints carry it on).
+        self.elapsed_s = 0.0
         self.validations_without_improvement = 0
 
     def step(self, images: torch.Tensor, counts: torch.Tensor) -> dict[str, float]:
@@ -298,6 +300,7 @@ class Trainer:
             "batch_rng": batches.generator.get_state(),
             "best_validation": self.best_validation,
             "validations_without_improvement": self.validations_without_improvement,
+            "elapsed_s": self.elapsed_s,
         }
 
     def save(self, path: Path, batches: SequenceBatches) -> None:
@@ -324,6 +327,7 @@ class Trainer:
         self.step_count = payload["step"]
         self.best_validation = payload["best_validation"]
         self.validations_without_improvement = payload["validations_without_improvement"]
+        self.elapsed_s = payload.get("elapsed_s", 0.0)  # older checkpoints: from this resume
 
 
 class MetricsLog:
@@ -419,7 +423,7 @@ def train(
     elif not resume and last.exists():
         raise FileExistsError(f"{last} exists: pass --resume to continue, or another --out")
     log = MetricsLog(out_dir)
-    start = time.perf_counter()
+    started, elapsed_before = time.perf_counter(), trainer.elapsed_s
     bar = tqdm(
         total=config.num_steps, initial=trainer.step_count, disable=not progress, desc="train"
     )
@@ -428,6 +432,7 @@ def train(
         while trainer.step_count < config.num_steps:
             frames = frames_for_step(config, trainer.step_count)
             metrics = trainer.step(*batches.sample(config.batch_size, frames))
+            trainer.elapsed_s = elapsed_before + time.perf_counter() - started
             for key, value in metrics.items():  # exponential moving averages for the bar
                 running[key] = value if key not in running else 0.95 * running[key] + 0.05 * value
             bar.update(1)
@@ -436,12 +441,12 @@ def train(
                 bar.set_postfix(
                     bound=f"{running['bound']:.1f}", acc=f"{running['counting_accuracy']:.3f}"
                 )
-                row = {"step": step, "time_s": time.perf_counter() - start, "frames": frames}
+                row = {"step": step, "time_s": trainer.elapsed_s, "frames": frames}
                 log.write({**row, **metrics})
             if step % config.validate_every == 0 or step == config.num_steps:
                 # Always at full length, so validations compare across the curriculum.
                 value = trainer.validate(valid, config.num_frames, 2 * config.batch_size)
-                log.write({"step": step, "time_s": time.perf_counter() - start, "val": value})
+                log.write({"step": step, "time_s": trainer.elapsed_s, "val": value})
                 if value > trainer.best_validation:
                     trainer.best_validation = value
                     trainer.validations_without_improvement = 0
