@@ -163,10 +163,8 @@ class SQAIRGuide(nn.Module):
             # The networks run on the rows that hold object i only (sqair_pyro.nn.rows);
             # sample sites keep every row, with placeholder parameters where it is masked.
             rows = Rows(alive)
-            prev_what, prev_where = (
-                rows.gather(state.z_what[..., i, :]),
-                rows.gather(state.z_where[..., i, :]),
-            )
+            prev_what = rows.gather(state.z_what[..., i, :])
+            prev_where = rows.gather(state.z_where[..., i, :])
             prev_temporal = rows.gather(state.hidden[..., i, :])
             frame, context = rows.gather(image, event_dims=2), rows.gather(encoding)
             # Proposal location and glimpse (Alg. 2 lines 5-7).
