@@ -54,7 +54,7 @@ def export(
     """Write a training checkpoint's config and weights only (no optimiser state) to ``out``."""
     payload = read_checkpoint(checkpoint)
     slim = {k: payload[k] for k in ("format", "version", "config", "model", "guide")}
-    slim["step"] = payload.get("step")
+    slim["step"], slim["elapsed_s"] = payload.get("step"), payload.get("elapsed_s")
     out = save_atomic(slim, out)
     if metrics is not None:
         Path(out).with_suffix(".json").write_text(json.dumps(metrics, indent=2) + "\n")
