@@ -597,7 +597,7 @@ def eval_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_before_mib": peak_before,
         "peak_rss_mib": peak_rss_mib(),
         "ru_maxrss_mib": ru_maxrss_mib(),
-        "mean_log_px_untrained": float(torch.cat(estimates).mean()),
+        "mean_log_px": float(torch.cat(estimates).mean()),
     }
 
 
