@@ -40,6 +40,15 @@ def test_resume_reaches_the_same_parameters(tiny_data, tmp_path, name):
     assert read_checkpoint(tmp_path / "resumed" / "last.pt")["step"] == 6
 
 
+def _restored_rates(config, checkpoint, data_dir):
+    """The learning rates of each parameter group of ``config`` restored from ``checkpoint``."""
+    trainer = Trainer(config)
+    arrays = train_module.load_npz(data_dir / "train.npz")
+    trainer.restore(checkpoint, train_module.SequenceBatches(arrays, False, seed=0))
+    groups = trainer.optimizer.param_groups
+    return sorted(g["lr"] for g in groups), sorted(g["initial_lr"] for g in groups)
+
+
 def test_a_resume_may_lower_the_learning_rate(tiny_data, tmp_path):
     """Resuming with another lr rescales every group (multipliers and schedule kept)."""
     config = small_config(
@@ -52,20 +61,19 @@ def test_a_resume_may_lower_the_learning_rate(tiny_data, tmp_path):
     )
     train(config, tiny_data, tmp_path, progress=False)
     lowered = config.replace(num_steps=3, lr=1e-4, curriculum_every=1)
-    trainer = Trainer(lowered)
-    batches = train_module.SequenceBatches(
-        train_module.load_npz(tiny_data / "train.npz"), frames_as_images=False, seed=0
-    )
-    trainer.restore(tmp_path / "last.pt", batches)
-    rates = sorted(group["lr"] for group in trainer.optimizer.param_groups)
+    rates, base = _restored_rates(lowered, tmp_path / "last.pt", tiny_data)
     assert rates == pytest.approx([0.5e-4, 0.5e-3])  # decayed once, decoder still 10x
-    assert sorted(g["initial_lr"] for g in trainer.optimizer.param_groups) == pytest.approx(
-        [1e-4, 1e-3]
-    )
+    assert base == pytest.approx([1e-4, 1e-3])
     train(lowered, tiny_data, tmp_path, resume=True, progress=False)  # and it trains on
     assert read_checkpoint(tmp_path / "last.pt")["step"] == 3
     with pytest.raises(ValueError, match="other settings"):
         train(lowered.replace(hidden=16, num_steps=4), tiny_data, tmp_path, resume=True)
+
+    # NVIL baselines learn at their own rate, which a new lr leaves alone.
+    baselines = config.replace(objective="tracegraph", baseline_lr=0.02)
+    train(baselines, tiny_data, tmp_path / "nvil", progress=False)
+    rates, _ = _restored_rates(baselines.replace(lr=1e-4), tmp_path / "nvil" / "last.pt", tiny_data)
+    assert rates == pytest.approx([0.5e-4, 0.5e-3, 0.01])
 
 
 def test_refuses_to_overwrite_a_run(tiny_data, tmp_path):

@@ -272,12 +272,12 @@ class Trainer:
         group = self.optimizer.param_groups[0]
         return group["lr"] / group["initial_lr"]
 
-    def rescale_lr(self, factor: float) -> None:
-        """Multiply every group's learning rate (now and under the schedule) by ``factor``."""
-        for group in self.optimizer.param_groups:
-            group["lr"] *= factor
-            group["initial_lr"] *= factor
-        self.scheduler.base_lrs = [lr * factor for lr in self.scheduler.base_lrs]
+    def use_base_lrs(self, base: list[float]) -> None:
+        """Give every parameter group the base rate ``base[g]``, keeping the schedule's factor."""
+        for group, rate in zip(self.optimizer.param_groups, base, strict=True):
+            group["lr"] = rate * group["lr"] / group["initial_lr"]
+            group["initial_lr"] = rate
+        self.scheduler.base_lrs = list(base)
         self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     @torch.no_grad()
@@ -319,9 +319,10 @@ class Trainer:
             )
         self.model.load_state_dict(payload["model"])
         self.guide.load_state_dict(payload["guide"])
+        base_lrs = [group["initial_lr"] for group in self.optimizer.param_groups]  # this config's
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
-        self.rescale_lr(self.config.lr / before["lr"])
+        self.use_base_lrs(base_lrs)  # a resume may change lr (RESUMABLE_CHANGES)
         torch.set_rng_state(payload["torch_rng"])
         batches.generator.set_state(payload["batch_rng"])
         self.step_count = payload["step"]
