@@ -281,9 +281,9 @@ def current_rss_mib() -> float:
 
 def time_steps(
     trainer: Trainer, batches: SequenceBatches, frames: int, warmup: int, steps: int
-) -> tuple[list[float], float]:
+) -> tuple[list[float], list[float]]:
     """Seconds of ``trainer.step`` on fresh random batches (batch sampling is not timed), and
-    the mean number of objects per frame the guide inferred in the timed steps (the per-object
+    the number of objects per frame the guide inferred in each timed step (the per-object
     networks run only where objects are, so the cost follows it)."""
     config = trainer.config
     for _ in range(warmup):
@@ -295,8 +295,8 @@ def time_steps(
         start = time.perf_counter()
         metrics = trainer.step(*batch)
         times.append(time.perf_counter() - start)
-        objects.append(metrics["objects"])  # per frame
-    return times, float(np.mean(objects))
+        objects.append(float(metrics["objects"]))  # per frame
+    return times, objects
 
 
 def summarize(times: list[float], batch_size: int, frames: int) -> dict[str, Any]:
@@ -483,7 +483,7 @@ def step_worker(spec: dict[str, Any]) -> dict[str, Any]:
     log(f"[{spec['threads']} thread(s)] {spec['warmup']} warm-up + {spec['steps']} timed steps")
     times, objects = time_steps(trainer, batches, frames, spec["warmup"], spec["steps"])
     result: dict[str, Any] = {
-        "objects_per_frame": objects,
+        "objects_per_frame": float(np.mean(objects)),
         "threads": torch.get_num_threads(),
         "parameters": sum(p.numel() for p in trainer.params),
         "timing": summarize(times, config.batch_size, frames),
@@ -528,28 +528,64 @@ def fit(xs: list[float], ys: list[float]) -> dict[str, Any]:
     }
 
 
-def scaling_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """Median step time against T (frames) and against N (max objects)."""
-    medians: dict[tuple[int, int], float] = {}
+def at_objects(times: list[float], objects: list[float], reference: float) -> dict[str, float]:
+    """The step time of one configuration at ``reference`` objects per frame.
 
-    def measure(frames: int, objects: int) -> float:
-        if (frames, objects) not in medians:
+    A step's cost grows with the objects the guide infers (the per-object networks run only
+    where objects are), and a trained model infers slightly more per frame in longer
+    sequences, so the raw medians of two configurations compare different amounts of work.
+    Over the timed steps, each on a fresh batch, the time is regressed on the step's objects
+    per frame (least squares); the line's value at ``reference`` is the median moved by the
+    slope times the difference of the means.
+    """
+    t, o = np.asarray(times, float), np.asarray(objects, float)
+    slope = float(np.polyfit(o, t, 1)[0]) if o.std() > 1e-6 else 0.0
+    return {
+        "slope_s_per_object_per_frame": slope,
+        "median_s": float(np.median(t) + slope * (reference - o.mean())),
+    }
+
+
+def scaling_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Median step time against T (frames) and against N (max objects), raw and at the same
+    number of inferred objects per frame (:func:`at_objects`)."""
+    runs: dict[tuple[int, int], tuple[list[float], list[float]]] = {}
+
+    def measure(frames: int, objects: int) -> tuple[list[float], list[float]]:
+        if (frames, objects) not in runs:
             config = make_config(spec, frames=frames, objects=objects)
             batches = load_batches(spec["data"], config, frames)
             trainer = Trainer(config)
-            times, _ = time_steps(
+            runs[frames, objects] = time_steps(
                 trainer, batches, frames, spec["scaling_warmup"], spec["scaling_steps"]
             )
-            medians[frames, objects] = float(np.median(times))
-            log(f"  T={frames:3d} N={objects:3d}: {medians[frames, objects]:.3f} s/step")
-        return medians[frames, objects]
+            times, found = runs[frames, objects]
+            log(
+                f"  T={frames:3d} N={objects:3d}: {np.median(times):.3f} s/step, "
+                f"{np.mean(found):.3f} objects per frame"
+            )
+        return runs[frames, objects]
+
+    def sweep(points: list[tuple[int, int]], xs: list[int]) -> dict[str, Any]:
+        measured = [measure(*point) for point in points]
+        result = fit(xs, [float(np.median(times)) for times, _ in measured])
+        found = [float(np.mean(objects)) for _, objects in measured]
+        reference = float(np.mean(found))
+        adjusted = [at_objects(times, objects, reference) for times, objects in measured]
+        result["objects_per_frame"] = found
+        result["at_objects"] = {
+            "objects_per_frame": reference,
+            **fit(xs, [a["median_s"] for a in adjusted]),
+            "slopes_s_per_object_per_frame": [a["slope_s_per_object_per_frame"] for a in adjusted],
+        }
+        return result
 
     result: dict[str, Any] = {"threads": torch.get_num_threads()}
     if spec["preset"] != "mlp-air":
         frames = spec["scaling_frames"]
-        result["frames"] = fit(frames, [measure(t, spec["objects"]) for t in frames])
+        result["frames"] = sweep([(t, spec["objects"]) for t in frames], frames)
     objects = spec["scaling_objects"]
-    result["objects"] = fit(objects, [measure(spec["frames"], n) for n in objects])
+    result["objects"] = sweep([(spec["frames"], n) for n in objects], objects)
     result["steps"], result["warmup"] = spec["scaling_steps"], spec["scaling_warmup"]
     return result
 
@@ -763,16 +799,21 @@ def print_scaling(result: dict[str, Any]) -> None:
         if axis not in result:
             continue
         r = result[axis]
+        same = r["at_objects"]
         points = ", ".join(
-            f"{unit}={x}: {y:.3f} s" for x, y in zip(r["x"], r["median_s"], strict=True)
+            f"{unit}={x}: {y:.3f} s ({o:.3f} obj/frame)"
+            for x, y, o in zip(r["x"], r["median_s"], r["objects_per_frame"], strict=True)
         )
-        verdict = "at most linear" if r["at_most_linear"] else "SUPER-LINEAR"
-        print(
-            f"{unit}: {points}\n   slope {r['slope_s_per_unit'] * 1e3:.1f} ms per unit of {unit}, "
-            f"intercept {r['intercept_s'] * 1e3:.1f} ms; log-log exponent "
-            f"{r['loglog_exponent']:.2f} ({verdict}); time x{r['growth_ratio']:.2f} for "
-            f"{unit} x{r['x_ratio']:.2f}"
-        )
+        print(f"{unit}: {points}")
+        for label, f in (("raw", r), (f"at {same['objects_per_frame']:.3f} obj/frame", same)):
+            verdict = "at most linear" if f["at_most_linear"] else "SUPER-LINEAR"
+            times = ", ".join(f"{y:.3f}" for y in f["median_s"])
+            print(
+                f"   {label}: {times} s; slope {f['slope_s_per_unit'] * 1e3:.1f} ms per unit of "
+                f"{unit}, intercept {f['intercept_s'] * 1e3:.1f} ms; log-log exponent "
+                f"{f['loglog_exponent']:.3f} ({verdict}); time x{f['growth_ratio']:.3f} for "
+                f"{unit} x{f['x_ratio']:.2f}"
+            )
 
 
 def print_eval(result: dict[str, Any]) -> None:

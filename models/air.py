@@ -86,5 +86,5 @@ class AIRModel(nn.Module):
             canvas = self.likelihood.render(
                 latents["z_what"], latents["z_where"], latents["z_pres"]
             )
-            pyro.sample("x", dist.Normal(canvas, self.likelihood.obs_sd).to_event(2), obs=images)
+            pyro.sample("x", self.likelihood.observation(canvas), obs=images)
         return dict(latents, canvas=canvas)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sqair_pyro.distributions import IsotropicNormal
 from sqair_pyro.nn.rows import Rows
 from sqair_pyro.nn.spatial_transformer import place, where_to_transform
 
@@ -34,4 +35,8 @@ class AdditiveSTLikelihood(nn.Module):
         glimpses = self.decoder(rows.gather(z_what))  # (objects, h, w)
         placed = place(glimpses, where_to_transform(rows.gather(z_where)), self.image_size)
         placed = placed * rows.gather(z_pres).unsqueeze(-1)
-        return rows.scatter(placed).sum(-3)
+        return rows.scatter_sum(placed)  # the sum over slots
+
+    def observation(self, canvas: torch.Tensor) -> IsotropicNormal:
+        """Eq. 1's pixel noise: ``x_t ~ Normal(y_t, sigma^2 I)`` over the (H, W) event dims."""
+        return IsotropicNormal(canvas, self.obs_sd, event_dim=2)

@@ -15,10 +15,10 @@ survives or disappears, and moves and changes appearance), then new objects are
             z_where^j_t ~ N(mu_where, sigma_where),  z_what^j_t ~ N(0, I)
         x_t ~ N(sum over present objects of ST^{-1}(f^dec(z_what), z_where), sigma_x^2 I)
 
-Sample sites, identical in the guide: ``z_{pres,where,what}_prop_{t}_{i}`` for the
+Latent sample sites, identical in the guide: ``z_{pres,where,what}_prop_{t}_{i}`` for the
 object in slot ``i`` of frame ``t - 1``, ``z_{pres,where,what}_disc_{t}_{j}`` for new
-objects, and the observed frames ``x`` (B, T, H, W). Slots are compacted after each frame
-(:func:`sqair_pyro.models.state.compact`) and every object carries an identity.
+objects; the observed frame ``t`` (B, H, W) is the site ``x_{t}``. Slots are compacted after
+each frame (:func:`sqair_pyro.models.state.compact`) and every object carries an identity.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ class SQAIRModel(nn.Module):
         num_frames: int | None = None,
         batch_size: int | None = None,
     ) -> dict[str, torch.Tensor]:
-        """The generative story, with ``images`` (B, T, H, W) observed at site ``x``.
+        """The generative story, with frame ``t`` of ``images`` (B, T, H, W) observed at ``x_{t}``.
 
         With ``images=None`` it samples ``batch_size`` sequences of ``num_frames`` frames from
         the prior (returned as ``canvas``, the noise-free frames).
@@ -138,8 +138,10 @@ class SQAIRModel(nn.Module):
                 # The N slots of frame t hold every present object, propagated and new
                 # (compaction keeps them all); render them (Alg. 1), absent ones add nothing.
                 state = compact(state, propagated, prior_hidden, discovered)
-                canvases.append(self.likelihood.render(state.z_what, state.z_where, state.z_pres))
+                canvas = self.likelihood.render(state.z_what, state.z_where, state.z_pres)
+                # The frame given its objects (Eq. 1); frames are independent given z (Eq. 3).
+                observed = None if images is None else images[:, t]
+                pyro.sample(f"x_{t}", self.likelihood.observation(canvas), obs=observed)
+                canvases.append(canvas)
                 history.append(state)
-            frames = torch.stack(canvases, dim=-3)  # (..., T, H, W)
-            pyro.sample("x", dist.Normal(frames, self.likelihood.obs_sd).to_event(3), obs=images)
-        return dict(ObjectState.stack(history), canvas=frames)
+        return dict(ObjectState.stack(history), canvas=torch.stack(canvases, dim=-3))

@@ -80,9 +80,13 @@ def test_compact_keeps_present_objects_in_order_with_identities():
     assert out.next_id.flatten().tolist() == [4, 8]
 
 
-def _sites(fn, *args):
+def _sites(fn, *args, observed=False):
     trace = poutine.trace(fn).get_trace(*args)
-    return {name for name, site in trace.nodes.items() if site["type"] == "sample"}
+    return {
+        name
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and site["is_observed"] == observed
+    }
 
 
 @pytest.mark.parametrize("name", ["mlp-air", "mlp-sqair", "conv-sqair"])
@@ -92,8 +96,10 @@ def test_guide_sites_mirror_the_model(name):
     config = preset(name)
     model, guide = build(config)
     images = torch.rand(2, 4, 50, 50) if config.model == "sqair" else torch.rand(2, 50, 50)
-    model_sites = _sites(model, images) - {"x"}
+    model_sites = _sites(model, images)
     assert _sites(guide, images) == model_sites
+    frames = [f"x_{t}" for t in range(4)] if config.model == "sqair" else ["x"]
+    assert _sites(model, images, observed=True) == set(frames)  # one observed site per frame
     assert any("prop_3_2" in s for s in model_sites) == (config.model == "sqair")
 
 

@@ -82,3 +82,40 @@ def test_render_on_present_slots_equals_the_dense_sum():
     assert torch.allclose(likelihood.render(z_what, z_where, z_pres), dense, atol=1e-6)
     empty = likelihood.render(z_what, z_where, torch.zeros_like(z_pres))
     assert empty.shape == (5, 4, 20, 24) and (empty == 0).all()
+
+
+@pytest.mark.parametrize("lead", [(3,), (1, 3), (2, 1), ()])
+def test_gather_of_a_broadcast_value_picks_its_own_rows(lead):
+    """A value broadcast over some leading dims is gathered without the full-size copy; the
+    rows and the gradients equal those of gathering the expanded value."""
+    torch.manual_seed(1)
+    mask = torch.rand(2, 3) < 0.5
+    mask[0, 0] = True  # some rows selected, not all
+    mask[1, 2] = False
+    rows = Rows(mask)
+    value = torch.randn(*lead, 4, 5, requires_grad=True)
+    dense = value.expand(2, 3, 4, 5).reshape(6, 4, 5)[mask.reshape(-1)]
+    gathered = rows.gather(value, event_dims=2)
+    assert torch.equal(gathered, dense)
+    weights = torch.randn_like(dense)
+    (grad,) = torch.autograd.grad((gathered * weights).sum(), value)
+    (expected,) = torch.autograd.grad((dense * weights).sum(), value)
+    assert torch.allclose(grad, expected, atol=1e-6)
+
+
+def test_scatter_sum_equals_scatter_then_sum_over_the_last_leading_dim():
+    torch.manual_seed(2)
+    mask = torch.rand(4, 2, 3) < 0.4
+    mask[0] = False  # a datum with no selected slot
+    rows = Rows(mask)
+    values = torch.randn(rows.count, 6, 7, requires_grad=True)
+    total = rows.scatter_sum(values)
+    dense = rows.scatter(values).sum(2)
+    assert total.shape == (4, 2, 6, 7)
+    assert torch.allclose(total, dense, atol=1e-6)
+    assert (total[0] == 0).all()
+    weights = torch.randn_like(dense)
+    (grad,) = torch.autograd.grad((total * weights).sum(), values)
+    (expected,) = torch.autograd.grad((dense * weights).sum(), values)
+    assert torch.allclose(grad, expected, atol=1e-6)
+    assert Rows(torch.zeros(3, 0, dtype=torch.bool)).scatter_sum(torch.zeros(0, 2)).shape == (3, 2)
