@@ -854,7 +854,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scaling", action="store_true", help="step time against T and N")
     p.add_argument("--scaling-frames", type=int, nargs="+", default=[3, 5, 10, 20])
     p.add_argument("--scaling-objects", type=int, nargs="+", default=[3, 6, 12])
-    p.add_argument("--scaling-steps", type=int, default=10)
+    p.add_argument("--scaling-steps", type=int, default=30)
     p.add_argument("--scaling-warmup", type=int, default=3)
     p.add_argument("--eval", action="store_true", help="time estimate_log_px")
     p.add_argument("--eval-sequences", type=int, default=100)

@@ -235,3 +235,15 @@ def test_propagation_warmup_discovers_only_in_the_first_frame():
     assert later and all((value == 0).all() for value in later)
     trainer.step(frames, torch.zeros(4, 3, dtype=torch.long))
     assert trainer.guide.discover_after_first_frame and trainer.model.discover_after_first_frame
+
+
+def test_a_step_keeps_no_autograd_graph_alive():
+    """The latents kept for the step's metrics are detached: holding the step's graph until
+    the next step's forward made long sequences cost more per frame (issue 7)."""
+    trainer = Trainer(small_config("mlp-sqair"))
+    trainer.step(torch.rand(4, 3, 50, 50), torch.zeros(4, 3, dtype=torch.long))
+    latents = trainer.capture.latents
+    assert {"z_pres", "z_where", "z_what"} <= set(latents)
+    assert all(value.grad_fn is None and not value.requires_grad for value in latents.values())
+    output = trainer.guide(torch.rand(4, 3, 50, 50))["z_where"]
+    assert output.grad_fn is not None  # the guide itself still returns differentiable latents

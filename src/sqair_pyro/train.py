@@ -192,8 +192,9 @@ class _Capture:
         self.latents: dict[str, torch.Tensor] | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        self.latents = self.guide(*args, **kwargs)
-        return self.latents
+        latents = self.guide(*args, **kwargs)
+        self.latents = {name: value.detach() for name, value in latents.items()}
+        return latents
 
 
 def counting_accuracy(z_pres: torch.Tensor, counts: torch.Tensor) -> float:
