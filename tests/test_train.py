@@ -247,3 +247,56 @@ def test_a_step_keeps_no_autograd_graph_alive():
     assert all(value.grad_fn is None and not value.requires_grad for value in latents.values())
     output = trainer.guide(torch.rand(4, 3, 50, 50))["z_where"]
     assert output.grad_fn is not None  # the guide itself still returns differentiable latents
+
+
+def test_group_clipping_trains_and_is_checked(tiny_data, tmp_path):
+    config = small_config("mlp-sqair", num_steps=2, clip="group")
+    train(config, tiny_data, tmp_path, progress=False)
+    with (tmp_path / "metrics.csv").open() as f:
+        assert "clipped" in next(csv.reader(f))
+    with pytest.raises(ValueError, match="unknown clip"):
+        Trainer(config.replace(clip="sometimes"))
+
+
+def test_a_fall_of_the_validation_bound_rolls_back_to_the_best(tiny_data, tmp_path, monkeypatch):
+    """Validations 100, 50 (more than rollback_nats below): back to best.pt's weights with every
+    rate times lr_decay; after max_rollbacks falls the run stops, best.pt kept."""
+    values = iter([100.0, 50.0, 40.0, 30.0])
+    monkeypatch.setattr(Trainer, "validate", lambda self, *a, **k: next(values))
+    restored = []
+    original = Trainer.roll_back
+
+    def spy(self, path, batches):
+        original(self, path, batches)
+        restored.append(
+            (
+                {k: v.clone() for k, v in self.model.state_dict().items()},
+                sorted(g["lr"] for g in self.optimizer.param_groups),
+            )
+        )
+
+    monkeypatch.setattr(Trainer, "roll_back", spy)
+    config = small_config(
+        "mlp-sqair",
+        num_steps=20,
+        validate_every=1,
+        checkpoint_every=1,
+        rollback_nats=10.0,
+        max_rollbacks=2,
+        lr=1e-3,
+        lr_decay=0.5,
+        lr_multipliers={},
+    )
+    train(config, tiny_data, tmp_path, progress=False)
+    best = read_checkpoint(tmp_path / "best.pt")
+    assert best["step"] == 1
+    assert len(restored) == 2
+    for weights, _ in restored:
+        for key, value in best["model"].items():
+            assert torch.equal(weights[key], value), key
+    assert restored[0][1] == pytest.approx([5e-4]) and restored[1][1] == pytest.approx([2.5e-4])
+    last = read_checkpoint(tmp_path / "last.pt")
+    assert last["step"] == 4 and last["rollbacks"] == 2  # stopped at the third fall
+    # A resume keeps the lowered rates.
+    rates, _ = _restored_rates(config, tmp_path / "last.pt", tiny_data)
+    assert rates == pytest.approx([2.5e-4])

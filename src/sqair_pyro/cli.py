@@ -159,6 +159,73 @@ def cmd_addition(args: argparse.Namespace) -> None:
         print(f"report written to {args.out}")
 
 
+def cmd_forecast(args: argparse.Namespace) -> None:
+    import torch
+
+    from sqair_pyro.evaluate import save_report
+    from sqair_pyro.forecast import forecast_checkpoint
+    from sqair_pyro.viz import plot_forecast
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = forecast_checkpoint(
+        args.checkpoint or default_checkpoint(),
+        args.data,
+        args.classifier,
+        num_observed=args.observed,
+        num_sequences=args.sequences,
+        batch_size=args.batch_size,
+        match_iou=args.match_iou,
+        seed=args.seed,
+    )
+    save_report(report, args.out)
+    figure = plot_forecast(
+        args.out.with_suffix(".png"),
+        report,
+        title=f"{report['checkpoint']}: sees {report['num_observed']} frames "
+        f"({report['num_sequences']} sequences)",
+    )
+    for h, kept, ceiling, dist, stay, cv in zip(
+        report["horizons"],
+        report["imagined_kept"],
+        report["reconstructed_kept"],
+        report["distance_imagined"],
+        report["distance_stay"],
+        report["distance_constant_velocity"],
+        strict=True,
+    ):
+        print(
+            f"h={h}: class kept {kept:.3f} (reconstructed {ceiling:.3f}); centre distance "
+            f"{dist:.2f} px (stay {stay:.2f}, constant velocity {cv:.2f})"
+        )
+    print(f"report written to {args.out}, figure to {figure}")
+
+
+def cmd_train_digits(args: argparse.Namespace) -> None:
+    import torch
+
+    from sqair_pyro.data.mnist import load_mnist
+    from sqair_pyro.digits import save_classifier, train_digit_classifier
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train = load_mnist("train", args.mnist_dir)
+    test = load_mnist("test", args.mnist_dir)
+    classifier, report = train_digit_classifier(train, test, epochs=args.epochs, seed=args.seed)
+    save_classifier(classifier, report, args.out)
+    print(
+        f"test accuracy {report['test_accuracy_central']:.4f} (random glimpse-like views "
+        f"{report['test_accuracy_random_views']:.4f}); written to {args.out}"
+    )
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sqair-pyro", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -277,6 +344,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="also write the report as JSON")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.set_defaults(func=cmd_addition)
+
+    p = sub.add_parser(
+        "forecast",
+        help="conditional generation, measured: digit class kept and motion error of "
+        "imagined objects at each horizon",
+    )
+    p.add_argument("--checkpoint", type=Path, help="default: the best shipped pretrained model")
+    p.add_argument(
+        "--data", type=Path, required=True, help="data file (.npz), or a directory: its test.npz"
+    )
+    p.add_argument("--out", type=Path, required=True, help="JSON report (figure beside it, .png)")
+    p.add_argument("--observed", type=_positive, default=3, help="frames seen (paper: 3)")
+    p.add_argument("--sequences", type=_positive, help="the first N sequences (default: all)")
+    p.add_argument("--batch-size", type=_positive, default=50)
+    p.add_argument("--match-iou", type=float, default=0.5, help="IoU to match objects to digits")
+    p.add_argument("--classifier", type=Path, help="digit classifier (default: the shipped one)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.set_defaults(func=cmd_forecast)
+
+    p = sub.add_parser(
+        "train-digits", help="train the MNIST digit classifier that judges imagined glimpses"
+    )
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--epochs", type=_positive, default=6)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mnist-dir", type=Path, help="directory with the four MNIST IDX files")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.set_defaults(func=cmd_train_digits)
     return parser
 
 

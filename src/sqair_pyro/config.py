@@ -42,7 +42,17 @@ class Config:
     lr: float = 1e-4
     lr_decay_steps: list[int] = field(default_factory=list)  # multiply lr by lr_decay at each
     lr_decay: float = 1 / 3
-    clip_norm: float = 10.0  # global gradient norm
+    # Gradient clipping at clip_norm: of the whole gradient ("global") or of each component
+    # on its own ("group": sqair_pyro.optim.clip_by_component).
+    clip: str = "global"
+    clip_norm: float = 10.0
+    # bfloat16 matrix products in the training step (sqair_pyro.nn.precision); densities,
+    # log-weights and validation stay float32.
+    mixed_precision: bool = False
+    # Roll back to best.pt and multiply every learning rate by lr_decay when a validation
+    # falls more than this many nats below the best; stop after max_rollbacks. None: never.
+    rollback_nats: float | None = None
+    max_rollbacks: int = 3
     baseline_lr: float = 1e-3  # NVIL baselines (objective "tracegraph" only)
     # Learning-rate multipliers by component name (any segment of a parameter's path).
     lr_multipliers: dict[str, float] = field(default_factory=dict)

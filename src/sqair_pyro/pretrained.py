@@ -23,9 +23,18 @@ def _pretrained_dir() -> Path:
     return Path(sqair_pyro.models.__file__).resolve().parent / "pretrained"
 
 
+#: The shipped MNIST digit classifier (:mod:`sqair_pyro.digits`), which is not a model.
+DIGIT_CLASSIFIER = "digit-classifier"
+
+
 def available() -> list[str]:
-    """Names of the shipped checkpoints."""
-    return sorted(p.stem for p in _pretrained_dir().glob("*.pt"))
+    """Names of the shipped model checkpoints."""
+    return sorted(p.stem for p in _pretrained_dir().glob("*.pt") if p.stem != DIGIT_CLASSIFIER)
+
+
+def digit_classifier_path() -> Path:
+    """Where the shipped digit classifier lives."""
+    return _pretrained_dir() / f"{DIGIT_CLASSIFIER}.pt"
 
 
 def pretrained_path(name: str) -> Path:

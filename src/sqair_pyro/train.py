@@ -25,6 +25,8 @@ from sqair_pyro.checkpoint import read_checkpoint, save_checkpoint
 from sqair_pyro.config import Config
 from sqair_pyro.data import load_npz
 from sqair_pyro.infer import VIMCO_ELBO
+from sqair_pyro.nn.precision import keep_float32_outputs, matmul_precision
+from sqair_pyro.optim import clip_by_component, components
 from sqair_pyro.tracking import new_objects_per_frame
 
 #: Settings a resumed run may change: how long it runs, how often it reports, where its first
@@ -40,6 +42,9 @@ RESUMABLE_CHANGES = frozenset(
         "validate_every",
         "early_stopping_patience",
         "init_from",
+        "rollback_nats",
+        "mixed_precision",
+        "max_rollbacks",
     }
 )
 
@@ -217,13 +222,26 @@ class Trainer:
         self.model, self.guide = build(config)
         self.model.to(self.device)
         self.guide.to(self.device)
+        keep_float32_outputs(self.model, self.guide)
         self.capture = _Capture(self.guide)
         self.elbo = make_objective(config)
         if config.init_from:
             self.initialised = warm_start(self.model, self.guide, config.init_from)
         groups = parameter_groups(config, {"model": self.model, "guide": self.guide})
         self.params = [p for group in groups for p in group["params"]]
+        if config.clip not in ("global", "group"):
+            raise ValueError(f"unknown clip {config.clip!r}; choose 'global' or 'group'")
+        self.components = components(
+            [
+                *((f"model.{n}", p) for n, p in self.model.named_parameters()),
+                *((f"guide.{n}", p) for n, p in self.guide.named_parameters()),
+            ]
+        )
+        #: Times the run rolled back to its best checkpoint; each divides every rate by
+        #: 1 / lr_decay.
+        self.rollbacks = 0
         self.optimizer = make_optimizer(config, groups)
+        self.base_lrs = [group["lr"] for group in groups]
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
             self.optimizer, milestones=config.lr_decay_steps, gamma=config.lr_decay
         )
@@ -240,7 +258,8 @@ class Trainer:
         for program in (self.model, self.guide):
             if hasattr(program, "discover_after_first_frame"):
                 program.discover_after_first_frame = later
-        surrogate, loss = surrogate_loss(self.elbo, self.model, self.capture, images)
+        with matmul_precision(self.config.mixed_precision, self.device):
+            surrogate, loss = surrogate_loss(self.elbo, self.model, self.capture, images)
         if not math.isfinite(loss):
             raise TrainingDivergedError(
                 f"loss became {loss} at step {self.step_count}; "
@@ -248,10 +267,10 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         (surrogate / images.shape[0]).backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.params, self.config.clip_norm)
-        if not torch.isfinite(grad_norm):
+        grad_norm, clipped = self.clip_gradients()
+        if not math.isfinite(grad_norm):
             raise TrainingDivergedError(
-                f"gradient became {grad_norm.item()} at step {self.step_count}; "
+                f"gradient became {grad_norm} at step {self.step_count}; "
                 "the last good checkpoint is kept (try a lower --lr or --clip-norm)"
             )
         self.optimizer.step()
@@ -264,9 +283,29 @@ class Trainer:
             "bound": -loss / images.shape[0],
             "counting_accuracy": counting_accuracy(z_pres, counts),
             "objects": z_pres.sum((-2, -1)).mean().item(),
-            "grad_norm": float(grad_norm),
+            "grad_norm": grad_norm,
+            "clipped": clipped,
             "lr": self.config.lr * self.lr_factor(),
         }
+
+    def clip_gradients(self) -> tuple[float, float]:
+        """Clip as ``config.clip`` says; returns the norm before clipping and the fraction of
+        components clipped (1 or 0 for the global clip)."""
+        if self.config.clip == "group":
+            return clip_by_component(self.components, self.config.clip_norm)
+        norm = float(nn.utils.clip_grad_norm_(self.params, self.config.clip_norm))
+        return norm, float(norm > self.config.clip_norm)
+
+    def roll_back(self, path: Path, batches: SequenceBatches) -> None:
+        """Return to the weights and optimiser state of ``path`` (the best checkpoint), keep
+        counting steps, and multiply every learning rate by ``lr_decay``."""
+        step, elapsed, rollbacks = self.step_count, self.elapsed_s, self.rollbacks
+        generator = batches.generator.get_state()
+        self.restore(path, batches)
+        self.step_count, self.elapsed_s, self.rollbacks = step, elapsed, rollbacks + 1
+        self.scheduler.last_epoch = step
+        batches.generator.set_state(generator)  # fresh batches, not the same ones again
+        self.use_base_lrs([rate * self.config.lr_decay**self.rollbacks for rate in self.base_lrs])
 
     def lr_factor(self) -> float:
         """The schedule's current factor on every learning rate."""
@@ -302,6 +341,7 @@ class Trainer:
             "best_validation": self.best_validation,
             "validations_without_improvement": self.validations_without_improvement,
             "elapsed_s": self.elapsed_s,
+            "rollbacks": self.rollbacks,
         }
 
     def save(self, path: Path, batches: SequenceBatches) -> None:
@@ -320,10 +360,11 @@ class Trainer:
             )
         self.model.load_state_dict(payload["model"])
         self.guide.load_state_dict(payload["guide"])
-        base_lrs = [group["initial_lr"] for group in self.optimizer.param_groups]  # this config's
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
-        self.use_base_lrs(base_lrs)  # a resume may change lr (RESUMABLE_CHANGES)
+        self.rollbacks = payload.get("rollbacks", 0)
+        # A resume may change lr (RESUMABLE_CHANGES); each past rollback keeps its factor.
+        self.use_base_lrs([rate * self.config.lr_decay**self.rollbacks for rate in self.base_lrs])
         torch.set_rng_state(payload["torch_rng"])
         batches.generator.set_state(payload["batch_rng"])
         self.step_count = payload["step"]
@@ -343,6 +384,7 @@ class MetricsLog:
         "counting_accuracy",
         "objects",
         "grad_norm",
+        "clipped",
         "lr",
         "val",
         "new_objects",
@@ -380,6 +422,14 @@ class MetricsLog:
         self.file.close()
         if self.tensorboard is not None:
             self.tensorboard.close()
+
+
+def diverged(config: Config, value: float, best: float) -> bool:
+    """Whether a validation bound ``value`` fell more than ``config.rollback_nats`` below
+    ``best`` (never when rollback is off or nothing was validated yet)."""
+    if config.rollback_nats is None or not math.isfinite(best):
+        return False
+    return value < best - config.rollback_nats
 
 
 def split_validation(
@@ -453,6 +503,23 @@ def train(
                     trainer.best_validation = value
                     trainer.validations_without_improvement = 0
                     trainer.save(best, batches)
+                elif diverged(config, value, trainer.best_validation) and best.exists():
+                    if trainer.rollbacks >= config.max_rollbacks:
+                        bar.write(
+                            f"stopping at step {step}: validation bound {value:.1f} is "
+                            f"{trainer.best_validation - value:.1f} nats below the best after "
+                            f"{trainer.rollbacks} rollbacks; best.pt holds the best state"
+                        )
+                        trainer.save(last, batches)
+                        break
+                    trainer.roll_back(best, batches)
+                    bar.write(
+                        f"step {step}: validation bound {value:.1f} fell more than "
+                        f"{config.rollback_nats} nats below the best "
+                        f"({trainer.best_validation:.1f}); rolled back to best.pt, learning "
+                        f"rates x{config.lr_decay:.3g}"
+                    )
+                    log.write({"step": step, "time_s": trainer.elapsed_s, "lr": metrics["lr"]})
                 else:
                     trainer.validations_without_improvement += 1
             if step % config.checkpoint_every == 0 or step == config.num_steps:

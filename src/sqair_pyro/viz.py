@@ -444,3 +444,30 @@ def plot_training_curves(
     fig.suptitle(f"{title}: {head}" if title else head, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_forecast(path: str | Path, report: dict, title: str | None = None) -> Path:
+    """The forecast metrics (:mod:`sqair_pyro.forecast`) against the horizon: the fraction of
+    objects that keep their digit's class (imagined, and the reconstruction ceiling), and the
+    centre distance of the imagined objects beside the stay and constant-velocity baselines."""
+    horizons = np.asarray(report["horizons"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    left.plot(horizons, report["imagined_kept"], "o-", label="imagined")
+    left.plot(horizons, report["reconstructed_kept"], "s--", label="reconstructed (ceiling)")
+    left.plot(horizons, report["imagined_present"], ":", color="grey", label="imagined present")
+    left.set(xlabel="frames after the last seen", ylabel="fraction", ylim=(0, 1.02))
+    left.set_title("digit class kept", fontsize=9)
+    left.legend(fontsize=7)
+    right.plot(horizons, report["distance_imagined"], "o-", label="imagined")
+    right.plot(horizons, report["distance_stay"], "s--", label="stay at last seen")
+    right.plot(horizons, report["distance_constant_velocity"], "^:", label="constant velocity")
+    right.set(xlabel="frames after the last seen", ylabel="centre distance (pixels)")
+    right.set_title("motion", fontsize=9)
+    right.legend(fontsize=7)
+    for ax in (left, right):
+        ax.set_xticks(horizons)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    _tight_below_title(fig, 0.3 if title else 0.0)
+    return _save(fig, path)

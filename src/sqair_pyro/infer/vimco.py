@@ -15,6 +15,8 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from pyro.util import warn_if_nan
 
+from sqair_pyro.nn.precision import float32_densities
+
 __all__ = ["VIMCO_ELBO"]
 
 #: Name of the plate that holds the particles (the same name Pyro's own ELBOs use).
@@ -175,11 +177,14 @@ class VIMCO_ELBO(ELBO):
             )
 
     def _log_weights(
-        self, model, guide, args, kwargs, with_score: bool
+        self, model, guide, args, kwargs, with_score: bool, terms: dict | None = None
     ) -> tuple[torch.Tensor, float, list[int], torch.Tensor | None]:
         """Per-(particle, data-plate element) log weights in the full ``max_plate_nesting``
         layout (non-data dims kept with size 1), the data-plate scale, the data-plate dims and
-        (if ``with_score``) the summed log q of the non-reparameterised guide sites."""
+        (if ``with_score``) the summed log q of the non-reparameterised guide sites. A
+        ``terms`` dict receives each site's signed contribution to the log weights, keyed by
+        ``(name, kind)``: kind ``"p"`` for model sites, ``"q"`` for reparameterised and
+        ``"q_discrete"`` for other guide sites."""
         model_trace, guide_trace = self._traces(model, guide, args, kwargs)
         model_nodes, guide_nodes = model_trace.nodes, guide_trace.nodes
 
@@ -247,7 +252,8 @@ class VIMCO_ELBO(ELBO):
         log_w: Any = 0.0
         log_q_d: Any = 0.0
         for site, is_guide in sites:
-            lp = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+            with float32_densities(site["value"].device):  # under mixed precision too
+                lp = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
             if lp.dim() > nest:
                 raise ValueError(
                     f"site {site['name']!r} has log_prob shape {tuple(lp.shape)}, whose batch "
@@ -264,6 +270,9 @@ class VIMCO_ELBO(ELBO):
             dims = tuple(d for d in sum_dims if -d <= lp.dim())
             if dims:
                 lp = lp.sum(dims, keepdim=True)
+            if terms is not None:
+                kind = ("q" if site["fn"].has_rsample else "q_discrete") if is_guide else "p"
+                terms[site["name"], kind] = -lp if is_guide else lp
             if is_guide:
                 log_w = log_w - lp
                 if with_score and not site["fn"].has_rsample:
@@ -289,6 +298,20 @@ class VIMCO_ELBO(ELBO):
         """
         log_w, scale, data_dims, _ = self._log_weights(model, guide, args, kwargs, False)
         return log_w.reshape((log_w.size(0),) + tuple(log_w.size(d) for d in data_dims)), scale
+
+    def log_weight_terms(
+        self, model, guide, *args, **kwargs
+    ) -> tuple[torch.Tensor, dict[tuple[str, str], torch.Tensor]]:
+        """The log weights (as :meth:`log_weights`, without the scale) and each site's signed
+        term of them, ``(name, kind) -> (K, *data_plate_shape)`` (kinds: ``_log_weights``),
+        which add up to them: what the gradient of the bound is made of
+        (``benchmarks/gradient_terms.py``)."""
+        terms: dict = {}
+        log_w, _, data_dims, _ = self._log_weights(model, guide, args, kwargs, False, terms)
+        shape = (log_w.size(0),) + tuple(log_w.size(d) for d in data_dims)
+        return log_w.reshape(shape), {
+            k: v.expand(log_w.shape).reshape(shape) for k, v in terms.items()
+        }
 
     # ------------------------------------------------------------- estimator
 

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sqair_pyro.nn.precision import full_precision
+
 
 class MLP(nn.Sequential):
     """Fully connected layers with ELU between them and no activation after the last."""
@@ -50,6 +52,7 @@ class GaussianHead(nn.Module):
             with torch.no_grad():
                 self.net[-1].bias[:n_out].copy_(loc_init)
 
+    @full_precision  # distribution parameters in float32 under mixed precision
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         loc, raw = self.net(features).chunk(2, dim=-1)
         return loc, F.softplus(raw + self.offset) + self.min_scale
@@ -63,6 +66,7 @@ class BernoulliHead(nn.Module):
         self.net = MLP([n_in, *hidden, 1])
         nn.init.constant_(self.net[-1].bias, bias)
 
+    @full_precision
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.net(features))
 
@@ -110,6 +114,7 @@ class GlimpseDecoderMLP(nn.Module):
         self.net = MLP([z_what_dim, *sizes, math.prod(glimpse_size)])
         self.output_bias = output_bias
 
+    @full_precision  # the likelihood's mean: exact to float32 under mixed precision
     def forward(self, z_what: torch.Tensor) -> torch.Tensor:
         logits = self.net(z_what) + self.output_bias
         return torch.sigmoid(logits).unflatten(-1, self.glimpse_size)
@@ -196,6 +201,7 @@ class GlimpseDecoderSubpixel(nn.Module):
         self.glimpse_size = glimpse_size
         self.output_bias = output_bias
 
+    @full_precision
     def forward(self, z_what: torch.Tensor) -> torch.Tensor:
         lead = z_what.shape[:-1]
         maps = self.fc(z_what).reshape(lead.numel(), self.start_channels, *self.start)

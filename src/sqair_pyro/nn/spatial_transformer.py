@@ -18,12 +18,16 @@ extraction uses ``affine_grid`` + ``grid_sample``, which is faster in that direc
 - :func:`where_to_transform`: the latent (unconstrained) z_where to ``(s_x, s_y, t_x, t_y)``.
 - :func:`z_where_to_boxes` / :func:`boxes_to_z_where`: the one place that converts between
   ``z_where`` and pixel boxes ``(x, y, width, height)``.
+
+Both transforms run in float32 under mixed precision (:mod:`sqair_pyro.nn.precision`).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from sqair_pyro.nn.precision import full_precision
 
 
 def _pixel_centres(n: int, like: torch.Tensor) -> torch.Tensor:
@@ -42,6 +46,7 @@ def _hat_weights(coords: torch.Tensor, size: int) -> torch.Tensor:
     return torch.relu(1 - (pixel.unsqueeze(-1) - grid).abs())
 
 
+@full_precision
 def glimpse(images: torch.Tensor, z_where: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Extract glimpses ``g = ST(x, z_where)`` (paper Alg. 2 line 7, Alg. 3 line 10).
 
@@ -64,6 +69,7 @@ def glimpse(images: torch.Tensor, z_where: torch.Tensor, size: tuple[int, int]) 
     return F.grid_sample(flat, grid, align_corners=False).view(*batch, *size)
 
 
+@full_precision
 def place(glimpses: torch.Tensor, z_where: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Draw glimpses on an empty canvas, ``y = ST^{-1}(g, z_where)`` (paper Alg. 1 line 5).
 
