@@ -136,3 +136,28 @@ def test_resume_without_preset_uses_the_runs_own_settings(tiny_data, tmp_path):
     payload = read_checkpoint(tmp_path / "run" / "last.pt")
     assert payload["step"] == 3 and payload["config"]["hidden"] == 16
     assert main(["train", *run]) == 1  # neither a preset nor a run to resume
+
+
+def test_curves_of_several_runs(tmp_path, capsys):
+    for name, values in (("a", (100.0, 150.0)), ("b", (120.0, 110.0))):
+        run = tmp_path / name
+        run.mkdir()
+        rows = ["step,time_s,frames,bound,counting_accuracy,objects,grad_norm,lr,val,new_objects"]
+        for step in (10, 20, 30, 40):  # a validation after every 20 steps, 36 s per step
+            rows.append(f"{step},{step * 36.0},3,1.0,0.9,1.0,5.0,0.001,,")
+            if step % 20 == 0:
+                rows.append(f"{step},{step * 36.0},,,,,,,{values[step // 20 - 1]},")
+        (run / "metrics.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "curves.png"
+    assert main(["curves", f"{tmp_path / 'a'}:1.5", str(tmp_path / "b"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "a: best validation bound 150.0 at step 40, 1.90 CPU-hours" in printed
+    assert "b: best validation bound 120.0 at step 20, 0.20 CPU-hours" in printed
+    assert out.exists()
+    assert main(["curves", str(tmp_path / "missing"), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "metrics file not found" in err and "Traceback" not in err
+    with pytest.raises(SystemExit):  # argparse's one line, exit status 2
+        main(["curves", f"{tmp_path / 'a'}:soon", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert "RUN_DIR[:HOURS_BEFORE]" in err and "Traceback" not in err

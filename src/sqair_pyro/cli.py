@@ -182,8 +182,8 @@ def cmd_forecast(args: argparse.Namespace) -> None:
     figure = plot_forecast(
         args.out.with_suffix(".png"),
         report,
-        title=f"{report['checkpoint']}: sees {report['num_observed']} frames "
-        f"({report['num_sequences']} sequences)",
+        title=f"{Path(report['checkpoint']).name} (step {report['checkpoint_step']}): sees "
+        f"{report['num_observed']} frames, imagines the rest ({report['num_sequences']} sequences)",
     )
     for h, kept, ceiling, dist, stay, cv in zip(
         report["horizons"],
@@ -217,6 +217,36 @@ def cmd_train_digits(args: argparse.Namespace) -> None:
         f"test accuracy {report['test_accuracy_central']:.4f} (random glimpse-like views "
         f"{report['test_accuracy_random_views']:.4f}); written to {args.out}"
     )
+
+
+def _run_spec(text: str) -> tuple[Path, float]:
+    path, sep, hours = text.partition(":")
+    try:
+        return Path(path), float(hours) if sep else 0.0
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected RUN_DIR[:HOURS_BEFORE], got {text!r}") from None
+
+
+def cmd_curves(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from sqair_pyro.show import read_metrics
+    from sqair_pyro.viz import plot_runs
+
+    runs = []
+    for path, before in args.runs:
+        metrics = path / "metrics.csv" if path.is_dir() else path
+        train, validation = read_metrics(metrics)
+        label = path.name if path.is_dir() else path.parent.name
+        runs.append((label, train, validation, before))
+        if len(validation.get("val", [])):
+            best = int(np.nanargmax(validation["val"]))
+            print(
+                f"{label}: best validation bound {validation['val'][best]:.1f} at step "
+                f"{validation['step'][best]:.0f}, "
+                f"{before + validation['wall_s'][best] / 3600:.2f} CPU-hours"
+            )
+    print(f"figure written to {plot_runs(args.out, runs, args.title)}")
 
 
 def _positive(text: str) -> int:
@@ -363,6 +393,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.set_defaults(func=cmd_forecast)
+
+    p = sub.add_parser(
+        "curves", help="validation bound and counting of several runs against CPU-hours"
+    )
+    p.add_argument(
+        "runs",
+        type=_run_spec,
+        nargs="+",
+        metavar="RUN_DIR[:HOURS_BEFORE]",
+        help="a run directory (or its metrics.csv), with the CPU-hours its first weights "
+        "already had",
+    )
+    p.add_argument("--out", type=Path, required=True, help="figure (.png)")
+    p.add_argument("--title")
+    p.set_defaults(func=cmd_curves)
 
     p = sub.add_parser(
         "train-digits", help="train the MNIST digit classifier that judges imagined glimpses"

@@ -43,7 +43,6 @@ RESUMABLE_CHANGES = frozenset(
         "early_stopping_patience",
         "init_from",
         "rollback_nats",
-        "mixed_precision",
         "max_rollbacks",
     }
 )
@@ -222,7 +221,8 @@ class Trainer:
         self.model, self.guide = build(config)
         self.model.to(self.device)
         self.guide.to(self.device)
-        keep_float32_outputs(self.model, self.guide)
+        if config.mixed_precision:
+            keep_float32_outputs(self.model, self.guide)
         self.capture = _Capture(self.guide)
         self.elbo = make_objective(config)
         if config.init_from:

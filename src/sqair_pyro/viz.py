@@ -471,3 +471,43 @@ def plot_forecast(path: str | Path, report: dict, title: str | None = None) -> P
         fig.suptitle(title, fontsize=9)
     _tight_below_title(fig, 0.3 if title else 0.0)
     return _save(fig, path)
+
+
+def _running_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """Mean of the last ``window`` values at each point (fewer at the start)."""
+    sums = np.cumsum(np.insert(values, 0, 0.0))
+    counts = np.minimum(np.arange(1, len(values) + 1), window)
+    return (sums[1:] - sums[np.maximum(np.arange(1, len(values) + 1) - window, 0)]) / counts
+
+
+def plot_runs(
+    path: str | Path,
+    runs: list[tuple[str, dict[str, np.ndarray], dict[str, np.ndarray], float]],
+    title: str | None = None,
+) -> Path:
+    """Several runs against CPU-hours: the validation bound (left) and the counting accuracy
+    of the training batches (right, running mean of 20 logs). Each run is ``(label, train,
+    validation, hours_before)`` (the columns of :func:`sqair_pyro.show.read_metrics`);
+    ``hours_before`` is the training its first weights already had (a warm start)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for i, (label, train, validation, before) in enumerate(runs):
+        colour = PALETTE[i % len(PALETTE)]
+        if len(validation.get("val", [])):
+            hours = before + validation["wall_s"] / 3600
+            left.plot(hours, validation["val"], "o-", ms=3, color=colour, label=label)
+        if len(train.get("counting_accuracy", [])):
+            accuracy = train["counting_accuracy"]
+            keep = np.isfinite(accuracy)
+            hours = before + train["wall_s"][keep] / 3600
+            right.plot(hours, _running_mean(accuracy[keep], 20), color=colour, label=label)
+    left.set(xlabel="CPU-hours of training (one thread)", ylabel="validation bound (nats)")
+    left.set_title("validation bound (IWAE, K of the run, full length)", fontsize=9)
+    right.set(xlabel="CPU-hours of training (one thread)", ylabel="counting accuracy")
+    right.set_title("counting on training batches (running mean of 20 logs)", fontsize=9)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    _tight_below_title(fig, 0.3 if title else 0.0)
+    return _save(fig, path)
