@@ -300,3 +300,54 @@ def test_a_fall_of_the_validation_bound_rolls_back_to_the_best(tiny_data, tmp_pa
     # A resume keeps the lowered rates.
     rates, _ = _restored_rates(config, tmp_path / "last.pt", tiny_data)
     assert rates == pytest.approx([2.5e-4])
+
+
+class _Payload:
+    """A pickle that would write a file when loaded."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tiny_data, tmp_path, capsys):
+    """A crafted .pt whose pickle opens a file for writing: refused with one line by every
+    command that reads checkpoints, and the file is never created."""
+    from sqair_pyro.cli import main
+
+    target = tmp_path / "pwned"
+    crafted = tmp_path / "crafted.pt"
+    torch.save({"format": "sqair-pyro-checkpoint", "version": 1, "x": _Payload(target)}, crafted)
+    with pytest.raises(CheckpointError, match="cannot read"):
+        read_checkpoint(crafted)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(crafted.read_bytes())
+    commands = [
+        [
+            "evaluate",
+            "--checkpoint",
+            str(crafted),
+            "--data",
+            str(tiny_data),
+            "--out",
+            str(tmp_path / "r.json"),
+        ],
+        [
+            "show",
+            "--checkpoint",
+            str(crafted),
+            "--data",
+            str(tiny_data),
+            "--out",
+            str(tmp_path / "s"),
+        ],
+        ["train", "--resume", "--data", str(tiny_data), "--out", str(run)],
+    ]
+    for args in commands:
+        assert main(args) == 1, args
+        err = capsys.readouterr().err
+        assert "cannot read" in err and "Traceback" not in err, args
+    assert not target.exists()

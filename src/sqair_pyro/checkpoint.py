@@ -73,7 +73,8 @@ def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict[
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=False)
+        # Data only: tensors, containers and numbers. A pickle that would run code is refused.
+        payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises many kinds for a damaged file
         raise CheckpointError(f"cannot read checkpoint {path}: {error}") from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
