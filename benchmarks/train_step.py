@@ -222,6 +222,7 @@ def make_config(
         seed=spec["seed"],
         init_from=spec["weights"],
         propagation_warmup_steps=0,
+        mixed_precision=spec.get("mixed_precision", False),
     )
     if config.model == "sqair":  # Trainer.step uses the frames it is given; pin them anyway
         config = config.replace(num_frames=frames, curriculum_start=frames)
@@ -849,6 +850,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "preset, if any) or 'init' (fresh weights)",
     )
     p.add_argument("--profile-steps", type=int, default=2, help="0: no time breakdown")
+    p.add_argument(
+        "--mixed-precision",
+        action="store_true",
+        help="bfloat16 matrix products (config mixed_precision)",
+    )
     p.add_argument("--gemm-size", type=int, default=2048)
     p.add_argument("--gemm-repeats", type=int, default=5)
     p.add_argument("--scaling", action="store_true", help="step time against T and N")
