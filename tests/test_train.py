@@ -351,3 +351,71 @@ def test_a_checkpoint_that_would_run_code_is_refused(tiny_data, tmp_path, capsys
         err = capsys.readouterr().err
         assert "cannot read" in err and "Traceback" not in err, args
     assert not target.exists()
+
+
+def test_sigint_and_sigterm_save_the_current_step_and_exit_cleanly(tiny_data, tmp_path):
+    """A real training process stopped by a signal between log lines saves the step it
+    finished, says so in one line, and resumes from there without logging a step twice."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = small_config("mlp-sqair", num_steps=100000, log_every=1, checkpoint_every=1000)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        out = tmp_path / sig.name
+        args = ["train", "--preset", "mlp-sqair", "--data", str(tiny_data), "--out", str(out)]
+        for key, value in config.to_dict().items():
+            if key in (
+                "hidden",
+                "z_what_dim",
+                "batch_size",
+                "num_particles",
+                "validation_size",
+                "num_frames",
+                "curriculum_start",
+                "curriculum_every",
+                "num_steps",
+                "log_every",
+                "checkpoint_every",
+                "propagation_warmup_steps",
+            ):
+                args += ["--set", f"{key}={json.dumps(value)}"]
+        args += ["--set", "init_from=None", "--threads", "1"]
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sqair_pyro.cli", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        metrics = out / "metrics.csv"
+        deadline = time.time() + 120
+        while time.time() < deadline and (
+            not metrics.exists() or len(metrics.read_text().splitlines()) < 4
+        ):
+            time.sleep(0.2)
+        process.send_signal(sig)
+        _, err = process.communicate(timeout=120)
+        assert process.returncode == 130, err
+        assert f"stopped by {sig.name} at step" in err and "Traceback" not in err
+        saved = read_checkpoint(out / "last.pt")["step"]
+        assert f"at step {saved};" in err
+        # Continue a few steps: the log has every step once.
+        more = config.replace(num_steps=saved + 2, init_from=None)
+        train(more, tiny_data, out, resume=True, progress=False)
+        with metrics.open() as f:
+            steps = [int(row["step"]) for row in csv.DictReader(f) if row["bound"]]
+        assert steps == list(range(1, saved + 3))
+
+
+def test_a_resume_drops_rows_logged_after_its_checkpoint(tiny_data, tmp_path):
+    config = small_config("mlp-sqair", num_steps=4, log_every=1, checkpoint_every=2)
+    train(config, tiny_data, tmp_path, progress=False)
+    # As if the process had died after logging step 5 but before checkpointing it.
+    with (tmp_path / "metrics.csv").open("a") as f:
+        f.write("5,1.0,3,1.0,1.0,1.0,1.0,0.0,0.001,,\n")
+    train(config.replace(num_steps=6), tiny_data, tmp_path, resume=True, progress=False)
+    with (tmp_path / "metrics.csv").open() as f:
+        steps = [int(row["step"]) for row in csv.DictReader(f) if row["bound"]]
+    assert steps == [1, 2, 3, 4, 5, 6]

@@ -424,13 +424,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from sqair_pyro.checkpoint import CheckpointError
-    from sqair_pyro.train import TrainingDivergedError
+    from sqair_pyro.train import TrainingDivergedError, TrainingInterruptedError
 
     try:
         args.func(args)
     except (FileNotFoundError, ValueError, CheckpointError, TrainingDivergedError) as error:
         print(f"sqair-pyro {args.command}: error: {error}", file=sys.stderr)
         return 1
+    except TrainingInterruptedError as stopped:
+        print(f"sqair-pyro {args.command}: {stopped}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"sqair-pyro {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -390,13 +392,20 @@ class MetricsLog:
         "new_objects",
     )
 
-    def __init__(self, out_dir: Path, tensorboard: bool = True) -> None:
+    def __init__(self, out_dir: Path, tensorboard: bool = True, after_step: int = 0) -> None:
+        """Append to ``out_dir/metrics.csv``; a resumed run (``after_step`` > 0) first drops
+        the rows logged after its checkpoint's step, which it is about to log again."""
         self.path = out_dir / "metrics.csv"
         new = not self.path.exists()
         fields = self.FIELDS
         if not new:  # a resumed run keeps its file's columns
             with self.path.open(newline="") as f:
-                fields = tuple(next(csv.reader(f), self.FIELDS))
+                rows = list(csv.reader(f))
+            fields = tuple(rows[0]) if rows else self.FIELDS
+            kept = [row for row in rows[1:] if row and _step_of(row, fields) <= after_step]
+            if len(kept) < len(rows) - 1:
+                with self.path.open("w", newline="") as f:
+                    csv.writer(f).writerows([list(fields), *kept])
         self.file = self.path.open("a", newline="")
         self.writer = csv.DictWriter(self.file, fieldnames=fields, extrasaction="ignore")
         if new:
@@ -422,6 +431,43 @@ class MetricsLog:
         self.file.close()
         if self.tensorboard is not None:
             self.tensorboard.close()
+
+
+def _step_of(row: list[str], fields: tuple[str, ...]) -> float:
+    try:
+        return float(row[fields.index("step")])
+    except (ValueError, IndexError):
+        return math.inf
+
+
+class StopRequested:
+    """Turns SIGINT and SIGTERM into a request that the training loop honours between steps
+    (a step is never cut in half), restoring the previous handlers on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __enter__(self) -> StopRequested:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class TrainingInterruptedError(RuntimeError):
+    """Training was stopped by a signal; the state at the last finished step is saved."""
 
 
 def diverged(config: Config, value: float, best: float) -> bool:
@@ -474,61 +520,86 @@ def train(
         trainer.restore(last, batches)
     elif not resume and last.exists():
         raise FileExistsError(f"{last} exists: pass --resume to continue, or another --out")
-    log = MetricsLog(out_dir)
+    log = MetricsLog(out_dir, after_step=trainer.step_count)
     started, elapsed_before = time.perf_counter(), trainer.elapsed_s
     bar = tqdm(
         total=config.num_steps, initial=trainer.step_count, disable=not progress, desc="train"
     )
-    running: dict[str, float] = {}
-    try:
-        while trainer.step_count < config.num_steps:
-            frames = frames_for_step(config, trainer.step_count)
-            metrics = trainer.step(*batches.sample(config.batch_size, frames))
-            trainer.elapsed_s = elapsed_before + time.perf_counter() - started
-            for key, value in metrics.items():  # exponential moving averages for the bar
-                running[key] = value if key not in running else 0.95 * running[key] + 0.05 * value
-            bar.update(1)
-            step = trainer.step_count
-            if step % config.log_every == 0:
-                bar.set_postfix(
-                    bound=f"{running['bound']:.1f}", acc=f"{running['counting_accuracy']:.3f}"
-                )
-                row = {"step": step, "time_s": trainer.elapsed_s, "frames": frames}
-                log.write({**row, **metrics})
-            if step % config.validate_every == 0 or step == config.num_steps:
-                # Always at full length, so validations compare across the curriculum.
-                value = trainer.validate(valid, config.num_frames, 2 * config.batch_size)
-                log.write({"step": step, "time_s": trainer.elapsed_s, "val": value})
-                if value > trainer.best_validation:
-                    trainer.best_validation = value
-                    trainer.validations_without_improvement = 0
-                    trainer.save(best, batches)
-                elif diverged(config, value, trainer.best_validation) and best.exists():
-                    if trainer.rollbacks >= config.max_rollbacks:
-                        bar.write(
-                            f"stopping at step {step}: validation bound {value:.1f} is "
-                            f"{trainer.best_validation - value:.1f} nats below the best after "
-                            f"{trainer.rollbacks} rollbacks; best.pt holds the best state"
-                        )
-                        trainer.save(last, batches)
-                        break
-                    trainer.roll_back(best, batches)
-                    bar.write(
-                        f"step {step}: validation bound {value:.1f} fell more than "
-                        f"{config.rollback_nats} nats below the best "
-                        f"({trainer.best_validation:.1f}); rolled back to best.pt, learning "
-                        f"rates x{config.lr_decay:.3g}"
-                    )
-                    log.write({"step": step, "time_s": trainer.elapsed_s, "lr": metrics["lr"]})
-                else:
-                    trainer.validations_without_improvement += 1
-            if step % config.checkpoint_every == 0 or step == config.num_steps:
-                trainer.save(last, batches)
-            if trainer.validations_without_improvement >= config.early_stopping_patience:
-                bar.write(f"early stopping at step {step}: validation bound stopped improving")
-                trainer.save(last, batches)
-                break
-    finally:
-        bar.close()
-        log.close()
+    with StopRequested() as stop:
+        try:
+            _loop(config, trainer, batches, valid, log, bar, out_dir, stop, started, elapsed_before)
+        finally:
+            bar.close()
+            log.close()
     return best if best.exists() else last
+
+
+def _loop(
+    config: Config,
+    trainer: Trainer,
+    batches: SequenceBatches,
+    valid: SequenceBatches,
+    log: MetricsLog,
+    bar: Any,
+    out_dir: Path,
+    stop: StopRequested,
+    started: float,
+    elapsed_before: float,
+) -> None:
+    """The training loop of :func:`train`: steps, logs, validations, checkpoints, stops."""
+    last, best = out_dir / "last.pt", out_dir / "best.pt"
+    running: dict[str, float] = {}
+    while trainer.step_count < config.num_steps:
+        if stop.received is not None:
+            trainer.save(last, batches)
+            name = signal.Signals(stop.received).name
+            raise TrainingInterruptedError(
+                f"stopped by {name} at step {trainer.step_count}; {last} holds that state "
+                "(continue with --resume)"
+            )
+        frames = frames_for_step(config, trainer.step_count)
+        metrics = trainer.step(*batches.sample(config.batch_size, frames))
+        trainer.elapsed_s = elapsed_before + time.perf_counter() - started
+        for key, value in metrics.items():  # exponential moving averages for the bar
+            running[key] = value if key not in running else 0.95 * running[key] + 0.05 * value
+        bar.update(1)
+        step = trainer.step_count
+        if step % config.log_every == 0:
+            bar.set_postfix(
+                bound=f"{running['bound']:.1f}", acc=f"{running['counting_accuracy']:.3f}"
+            )
+            row = {"step": step, "time_s": trainer.elapsed_s, "frames": frames}
+            log.write({**row, **metrics})
+        if step % config.validate_every == 0 or step == config.num_steps:
+            # Always at full length, so validations compare across the curriculum.
+            value = trainer.validate(valid, config.num_frames, 2 * config.batch_size)
+            log.write({"step": step, "time_s": trainer.elapsed_s, "val": value})
+            if value > trainer.best_validation:
+                trainer.best_validation = value
+                trainer.validations_without_improvement = 0
+                trainer.save(best, batches)
+            elif diverged(config, value, trainer.best_validation) and best.exists():
+                if trainer.rollbacks >= config.max_rollbacks:
+                    bar.write(
+                        f"stopping at step {step}: validation bound {value:.1f} is "
+                        f"{trainer.best_validation - value:.1f} nats below the best after "
+                        f"{trainer.rollbacks} rollbacks; best.pt holds the best state"
+                    )
+                    trainer.save(last, batches)
+                    break
+                trainer.roll_back(best, batches)
+                bar.write(
+                    f"step {step}: validation bound {value:.1f} fell more than "
+                    f"{config.rollback_nats} nats below the best "
+                    f"({trainer.best_validation:.1f}); rolled back to best.pt, learning "
+                    f"rates x{config.lr_decay:.3g}"
+                )
+                log.write({"step": step, "time_s": trainer.elapsed_s, "lr": metrics["lr"]})
+            else:
+                trainer.validations_without_improvement += 1
+        if step % config.checkpoint_every == 0 or step == config.num_steps:
+            trainer.save(last, batches)
+        if trainer.validations_without_improvement >= config.early_stopping_patience:
+            bar.write(f"early stopping at step {step}: validation bound stopped improving")
+            trainer.save(last, batches)
+            break
