@@ -161,3 +161,21 @@ def test_curves_of_several_runs(tmp_path, capsys):
         main(["curves", f"{tmp_path / 'a'}:soon", "--out", str(out)])
     err = capsys.readouterr().err
     assert "RUN_DIR[:HOURS_BEFORE]" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--set", "lr=abc"], "config lr must be float, got 'abc'"),
+        (["--batch-size", "0"], "config batch_size must be positive, got 0"),
+        (["--set", "clip=sometimes"], "config clip must be one of global, group"),
+        (["--set", "image_size=[0,50]"], "config image_size must be tuple[int, int]"),
+        (["--set", "no_such_key=1"], "unknown config keys ['no_such_key']"),
+    ],
+)
+def test_bad_training_settings_are_one_clear_line(tmp_path, capsys, extra, message):
+    """The table of bad ``train`` settings: exit status 1, one line, no traceback."""
+    args = ["train", "--preset", "mlp-sqair", "--data", str(tmp_path), "--out", str(tmp_path / "r")]
+    assert main([*args, *extra]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

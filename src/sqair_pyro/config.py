@@ -6,6 +6,45 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+#: Fields that must be > 0.
+POSITIVE = (
+    "max_objects", "z_what_dim", "hidden", "obs_sd", "num_particles", "batch_size", "lr",
+    "clip_norm", "log_every", "checkpoint_every", "validate_every", "validation_size",
+    "curriculum_start", "num_frames", "early_stopping_patience",
+)  # fmt: skip
+#: Fields with a fixed set of values.
+CHOICES = {
+    "model": ("air", "sqair"),
+    "encoder": ("mlp", "conv"),
+    "discovery_prior": ("categorical", "geometric"),
+    "objective": ("vimco", "reinforce", "tracegraph"),
+    "optimizer": ("adam", "rmsprop"),
+    "clip": ("global", "group"),
+}
+
+
+def _has_type(value: Any, annotation: str) -> bool:
+    """Whether ``value`` fits a field annotation of this module (as a string)."""
+    options = [part.strip() for part in annotation.split("|")]
+    if "None" in options and value is None:
+        return True
+    for option in options:
+        if option == "bool" and isinstance(value, bool):
+            return True
+        if option == "int" and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if option == "float" and isinstance(value, int | float) and not isinstance(value, bool):
+            return True
+        if option == "str" and isinstance(value, str):
+            return True
+        if option.startswith("tuple[int") and isinstance(value, tuple | list):
+            return len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value)
+        if option.startswith("list[int]") and isinstance(value, list | tuple):
+            return all(isinstance(v, int) for v in value)
+        if option.startswith("dict[str, float]") and isinstance(value, dict):
+            return all(isinstance(k, str) and isinstance(v, int | float) for k, v in value.items())
+    return False
+
 
 @dataclass
 class Config:
@@ -73,6 +112,23 @@ class Config:
     validate_every: int = 1000
     validation_size: int = 500
     early_stopping_patience: int = 10  # validations without improvement before stopping
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not _has_type(value, str(f.type)):
+                raise ValueError(
+                    f"config {f.name} must be {f.type}, got {value!r} ({type(value).__name__})"
+                )
+        for name in POSITIVE:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"config {name} must be positive, got {getattr(self, name)}")
+        for name, choices in CHOICES.items():
+            value = getattr(self, name)
+            if value not in choices:
+                raise ValueError(
+                    f"config {name} must be one of {', '.join(choices)}, got {value!r}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

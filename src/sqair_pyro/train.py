@@ -231,8 +231,6 @@ class Trainer:
             self.initialised = warm_start(self.model, self.guide, config.init_from)
         groups = parameter_groups(config, {"model": self.model, "guide": self.guide})
         self.params = [p for group in groups for p in group["params"]]
-        if config.clip not in ("global", "group"):
-            raise ValueError(f"unknown clip {config.clip!r}; choose 'global' or 'group'")
         self.components = components(
             [
                 *((f"model.{n}", p) for n, p in self.model.named_parameters()),
