@@ -171,6 +171,7 @@ def test_curves_of_several_runs(tmp_path, capsys):
         (["--set", "clip=sometimes"], "config clip must be one of global, group"),
         (["--set", "image_size=[0,50]"], "config image_size must be tuple[int, int]"),
         (["--set", "no_such_key=1"], "unknown config keys ['no_such_key']"),
+        (["--device", "tpu"], "unknown device 'tpu'"),
     ],
 )
 def test_bad_training_settings_are_one_clear_line(tmp_path, capsys, extra, message):
@@ -179,3 +180,29 @@ def test_bad_training_settings_are_one_clear_line(tmp_path, capsys, extra, messa
     assert main([*args, *extra]) == 1
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_more_bad_input_on_the_command_line(tmp_path, tiny_data, capsys):
+    """Negative thread counts, a missing GPU, an empty training set: one line, no traceback."""
+    import torch
+
+    from sqair_pyro.data import load_npz, save_npz
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["show", "--threads", "-1", "--checkpoint", "c", "--data", "d", "--out", "o"])
+    assert stopped.value.code == 2
+    assert "must be 0 (torch's default) or more" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        args = ["evaluate", "--device", "cuda", "--data", str(tiny_data), "--out", "r.json"]
+        assert main(args) == 1
+        assert "no CUDA device on this machine" in capsys.readouterr().err
+    arrays = load_npz(tiny_data / "train.npz")
+    few = save_npz(tmp_path / "few.npz", {k: v[:3] if v.ndim else v for k, v in arrays.items()})
+    args = ["train", "--preset", "mlp-air", "--data", str(few), "--out", str(tmp_path / "r")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "training needs at least 5 sequences" in err and "Traceback" not in err
+    # A training file given directly (not its folder) trains.
+    args = ["train", "--preset", "mlp-air", "--data", str(tiny_data / "train.npz"), "--out"]
+    assert main([*args, str(tmp_path / "ok"), "--steps", "1", "--set", "hidden=16"]) == 0
+    assert (tmp_path / "ok" / "last.pt").exists()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -466,8 +467,19 @@ def test_npz_errors(data, tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.npz"):
         load_npz(tmp_path / "nope.npz")
     (tmp_path / "junk.npz").write_bytes(b"this is not a zip archive")
-    with pytest.raises(ValueError, match="junk.npz: not a readable .npz"):
+    with pytest.raises(ValueError, match="junk.npz is not a data file: .* found text"):
         load_npz(tmp_path / "junk.npz")
+    # Files given as data by mistake are named for what they are, never unpickled.
+    for head, kind in (
+        (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+        (b"RIFF\x00\x00\x00\x00AVI ", "an AVI video"),
+        (b"\x00\x00\x00\x18ftypmp42", "an MP4/MOV video"),
+        (b"\x80\x04\x95", "a Python pickle"),
+        (b"", "an empty file"),
+    ):
+        (tmp_path / "wrong.npz").write_bytes(head + b"\x00" * 8 if head else b"")
+        with pytest.raises(ValueError, match=re.escape(f"found {kind}")):
+            load_npz(tmp_path / "wrong.npz")
     whole = _write_raw(tmp_path / "whole.npz", good).read_bytes()
     (tmp_path / "cut.npz").write_bytes(whole[: len(whole) // 2])
     with pytest.raises(ValueError, match="cut.npz: not a readable"):

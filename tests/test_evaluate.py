@@ -252,7 +252,7 @@ def test_bad_input_is_one_clear_error(test_arrays, tiny_data, tmp_path):
     checkpoint = save_checkpoint(tmp_path / "c.pt", config, model, guide)
     not_data = tmp_path / "notes.npz"
     not_data.write_text("not an npz")
-    with pytest.raises(ValueError, match="not a readable"):
+    with pytest.raises(ValueError, match="is not a data file"):
         evaluate_checkpoint(checkpoint, not_data, num_particles=2, progress=False)
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(3)}, other)

@@ -249,6 +249,23 @@ def cmd_curves(args: argparse.Namespace) -> None:
     print(f"figure written to {plot_runs(args.out, runs, args.title)}")
 
 
+def _threads(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (torch's default) or more, got {text}")
+    return value
+
+
+def check_device(device: str) -> None:
+    """One clear error for a device this machine does not have."""
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"no CUDA device on this machine (--device {device}); use --device cpu")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise ValueError(f"unknown device {device!r}; use cpu or cuda[:N]")
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -274,11 +291,16 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(PRESETS),
         help="model and settings (optional with --resume: the run's own are used)",
     )
-    p.add_argument("--data", type=Path, required=True, help="directory with train.npz")
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="training data file (.npz), or a directory: its train.npz",
+    )
     p.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, logs)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--threads", type=_threads, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--steps", type=int)
     p.add_argument("--objective", choices=["vimco", "reinforce", "tracegraph"])
     p.add_argument("--optimizer", choices=["adam", "rmsprop"])
@@ -320,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=10, help="sequences per batch")
     p.add_argument("--chunk-size", type=int, default=100, help="particles drawn at once")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--threads", type=_threads, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--iou-threshold", type=float, default=0.5, help="IoU of a match (MOTA, IDF1)")
     p.add_argument(
         "--boxes",
@@ -353,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--run", type=Path, help="run directory with metrics.csv (default: the checkpoint's)"
     )
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--threads", type=_threads, default=0, help="torch threads (0: torch's default)")
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser(
@@ -372,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="also write the report as JSON")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--threads", type=_threads, default=0, help="torch threads (0: torch's default)")
     p.set_defaults(func=cmd_addition)
 
     p = sub.add_parser(
@@ -391,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--match-iou", type=float, default=0.5, help="IoU to match objects to digits")
     p.add_argument("--classifier", type=Path, help="digit classifier (default: the shipped one)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--threads", type=_threads, default=0, help="torch threads (0: torch's default)")
     p.set_defaults(func=cmd_forecast)
 
     p = sub.add_parser(
@@ -416,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive, default=6)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mnist-dir", type=Path, help="directory with the four MNIST IDX files")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--threads", type=_threads, default=0, help="torch threads (0: torch's default)")
     p.set_defaults(func=cmd_train_digits)
     return parser
 
@@ -427,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     from sqair_pyro.train import TrainingDivergedError, TrainingInterruptedError
 
     try:
+        if hasattr(args, "device"):
+            check_device(args.device)
         args.func(args)
     except (FileNotFoundError, ValueError, CheckpointError, TrainingDivergedError) as error:
         print(f"sqair-pyro {args.command}: error: {error}", file=sys.stderr)

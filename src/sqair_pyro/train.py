@@ -50,6 +50,10 @@ RESUMABLE_CHANGES = frozenset(
 )
 
 
+#: The fewest training sequences a run accepts: a fifth of them validates.
+MIN_SEQUENCES = 5
+
+
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
@@ -496,7 +500,8 @@ def train(
     device: str = "cpu",
     progress: bool = True,
 ) -> Path:
-    """Train ``config`` on ``data_dir/train.npz``; checkpoints in ``out_dir``.
+    """Train ``config`` on ``data_dir/train.npz`` (or the file ``data_dir``); checkpoints in
+    ``out_dir``.
 
     Writes ``last.pt`` every ``checkpoint_every`` steps and ``best.pt`` at the best validation
     bound; stops after ``num_steps`` or when validation stops improving. Returns ``best.pt``
@@ -507,9 +512,14 @@ def train(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     last, best = out_dir / "last.pt", out_dir / "best.pt"
-    train_arrays, valid_arrays = split_validation(
-        load_npz(Path(data_dir) / "train.npz"), config.validation_size
-    )
+    data = Path(data_dir)
+    arrays = load_npz(data if data.is_file() else data / "train.npz")
+    if len(arrays["images"]) < MIN_SEQUENCES:
+        raise ValueError(
+            f"{data}: training needs at least {MIN_SEQUENCES} sequences (a fifth, up to "
+            f"validation_size, is held out for validation), got {len(arrays['images'])}"
+        )
+    train_arrays, valid_arrays = split_validation(arrays, config.validation_size)
     air = config.model == "air"
     batches = SequenceBatches(train_arrays, frames_as_images=air, seed=config.seed)
     valid = SequenceBatches(valid_arrays, frames_as_images=air, seed=config.seed + 1)

@@ -670,6 +670,35 @@ def save_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> Path:
     return path
 
 
+#: Leading bytes of files people pass as data by mistake, and what they are.
+_MAGIC = (
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"\x1a\x45\xdf\xa3", "a Matroska/WebM video"),
+    (b"\x93NUMPY", "a single .npy array"),
+    (b"\x80", "a Python pickle (sqair-pyro never loads pickles)"),
+)
+
+
+def _file_kind(head: bytes) -> str:
+    """What a file that is not an .npz archive looks like, from its first bytes."""
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    if head[4:8] == b"ftyp":
+        return "an MP4/MOV video"
+    if head.startswith(b"RIFF"):
+        return {b"AVI ": "an AVI video", b"WAVE": "a WAV sound"}.get(head[8:12], "a RIFF file")
+    if not head:
+        return "an empty file"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "binary data of an unknown kind"
+    return "text"
+
+
 def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read and validate a data file written by :func:`save_npz`.
 
@@ -680,6 +709,13 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"moving-MNIST data file not found: {path}")
+    with path.open("rb") as f:
+        head = f.read(12)
+    if not head.startswith(b"PK"):
+        raise ValueError(
+            f"{path} is not a data file: expected a .npz archive of arrays (as `sqair-pyro "
+            f"make-data` writes), found {_file_kind(head)}"
+        )
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
