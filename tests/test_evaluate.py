@@ -310,3 +310,15 @@ def test_command_line_evaluate_and_compare(tiny_data, tmp_path, capsys):
     assert "not a JSON evaluation report" in err and "Traceback" not in err
     assert main([*args, str(out), "--data", str(tmp_path)]) == 1
     assert "test.npz" in capsys.readouterr().err
+
+
+def test_more_objects_than_slots_is_said_once(test_arrays, capsys):
+    config, model, guide = tiny("mlp-sqair")
+    config = config.replace(max_objects=1)
+    model, guide = build(config)
+    evaluate(model, guide, config, test_arrays, num_particles=2, num_sequences=2, progress=False)
+    err = capsys.readouterr().err
+    assert (
+        err.count("warning: the data have up to 2 objects in a frame but the model has 1 slots")
+        == 1
+    )

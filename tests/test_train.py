@@ -419,3 +419,16 @@ def test_a_resume_drops_rows_logged_after_its_checkpoint(tiny_data, tmp_path):
     with (tmp_path / "metrics.csv").open() as f:
         steps = [int(row["step"]) for row in csv.DictReader(f) if row["bound"]]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_resume_needs_no_first_weights(tiny_data, tmp_path, monkeypatch):
+    """A run warm-started from a file resumes from any directory after the file is gone."""
+    first = small_config("mlp-sqair", num_steps=1)
+    train(first, tiny_data, tmp_path / "first", progress=False)
+    source = tmp_path / "first" / "last.pt"
+    config = small_config("mlp-sqair", num_steps=2, init_from=str(source))
+    train(config, tiny_data, tmp_path / "run", progress=False)
+    source.unlink()
+    monkeypatch.chdir(tmp_path / "first")
+    train(config.replace(num_steps=3), tiny_data, tmp_path / "run", resume=True, progress=False)
+    assert read_checkpoint(tmp_path / "run" / "last.pt")["step"] == 3

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -238,6 +239,18 @@ def _check_arrays(arrays: Mapping[str, np.ndarray], config: Config) -> None:
     check_frames(arrays["images"], config.image_size)
 
 
+def _warn_if_more_objects_than_slots(arrays: Mapping[str, np.ndarray], config: Config) -> None:
+    """One line on stderr when some frame holds more digits than the model has slots."""
+    most = int(np.max(arrays["counts"])) if np.size(arrays["counts"]) else 0
+    if most > config.max_objects:
+        share = float(np.mean(np.asarray(arrays["counts"]) > config.max_objects))
+        print(
+            f"warning: the data have up to {most} objects in a frame but the model has "
+            f"{config.max_objects} slots; {share:.1%} of frames cannot be counted right",
+            file=sys.stderr,
+        )
+
+
 def _model_name(config: Config) -> str:
     return f"{config.encoder.upper()}-{config.model.upper()}"
 
@@ -297,6 +310,7 @@ def evaluate(
         data = data or str(arrays)
         arrays = load_npz(arrays)
     _check_arrays(arrays, config)
+    _warn_if_more_objects_than_slots(arrays, config)
     for name, value in (
         ("num_particles", num_particles),
         ("batch_size", batch_size),

@@ -219,7 +219,9 @@ def counting_accuracy(z_pres: torch.Tensor, counts: torch.Tensor) -> float:
 class Trainer:
     """SVI with a torch optimiser on ``elbo.differentiable_loss``; state saved for exact resume."""
 
-    def __init__(self, config: Config, device: str = "cpu") -> None:
+    def __init__(self, config: Config, device: str = "cpu", initialise: bool = True) -> None:
+        """Build the programs and the optimiser; ``initialise=False`` skips ``init_from``
+        (a run about to be restored from its own checkpoint needs no first weights)."""
         self.config = config
         self.device = torch.device(device)
         pyro.set_rng_seed(config.seed)
@@ -231,7 +233,7 @@ class Trainer:
             keep_float32_outputs(self.model, self.guide)
         self.capture = _Capture(self.guide)
         self.elbo = make_objective(config)
-        if config.init_from:
+        if config.init_from and initialise:
             self.initialised = warm_start(self.model, self.guide, config.init_from)
         groups = parameter_groups(config, {"model": self.model, "guide": self.guide})
         self.params = [p for group in groups for p in group["params"]]
@@ -523,8 +525,9 @@ def train(
     air = config.model == "air"
     batches = SequenceBatches(train_arrays, frames_as_images=air, seed=config.seed)
     valid = SequenceBatches(valid_arrays, frames_as_images=air, seed=config.seed + 1)
-    trainer = Trainer(config, device)
-    if resume and last.exists():
+    resuming = resume and last.exists()
+    trainer = Trainer(config, device, initialise=not resuming)
+    if resuming:
         trainer.restore(last, batches)
     elif not resume and last.exists():
         raise FileExistsError(f"{last} exists: pass --resume to continue, or another --out")
