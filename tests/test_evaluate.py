@@ -287,8 +287,10 @@ def test_addition_reports_join_the_rows_of_their_checkpoint():
     assert rows[3]["model_name"] == "MLP-AIR" and "log_px" not in rows[3]
     assert "addition" not in window  # the reports themselves are left as they were
     lines = markdown_table([window, content, addition], paper=False).splitlines()
-    assert lines[2].startswith("| MLP-SQAIR (a.pt) | 1.0 | n/a | 2.0 | n/a | 0.2500 |")
-    assert lines[3].startswith("| MLP-SQAIR (a.pt), content boxes |")
+    assert lines[2].startswith(
+        "| MLP-SQAIR (a.pt), window boxes | 1.0 | n/a | 2.0 | n/a | 0.2500 |"
+    )
+    assert lines[3].startswith("| MLP-SQAIR (a.pt) | 1.0 |")  # content boxes: the default
 
 
 def test_command_line_evaluate_and_compare(tiny_data, tmp_path, capsys):

@@ -346,8 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iou-threshold", type=float, default=0.5, help="IoU of a match (MOTA, IDF1)")
     p.add_argument(
         "--boxes",
-        choices=["window", "content"],
-        default="window",
+        choices=["content", "window"],
+        default="content",
         help="predicted boxes: the z_where glimpse windows, or tight around each object's "
         "drawn pixels",
     )

@@ -275,7 +275,7 @@ def evaluate(
     *,
     device: str | torch.device = "cpu",
     iou_threshold: float = 0.5,
-    box_mode: str = "window",
+    box_mode: str = "content",
     content_threshold: float = 0.1,
     checkpoint: str | None = None,
     data: str | None = None,
@@ -292,9 +292,9 @@ def evaluate(
         report is reproducible; those generators are left advanced.
     :param device: where to run, e.g. ``"cuda"``; the model and guide are moved there.
     :param iou_threshold: the IoU at which boxes match for MOTA and IDF1.
-    :param box_mode: ``"window"`` (default: the z_where glimpse windows) or ``"content"``
-        (tight boxes around each object's drawn pixels, like the ground truth's boxes of
-        visible pixels); see :func:`predicted_boxes`.
+    :param box_mode: ``"content"`` (default: tight boxes around each object's drawn pixels,
+        the convention of the moving-MNIST ground truth, boxes of visible pixels) or
+        ``"window"`` (the z_where glimpse windows, larger); see :func:`predicted_boxes`.
     :param content_threshold: the pixel value above which a drawn pixel counts (content).
     :param checkpoint: a name for the report (the checkpoint path); :param data: likewise.
     :returns: the report, a JSON-serialisable dict (see the module docstring for the
@@ -527,8 +527,8 @@ def markdown_table(reports: list[Mapping[str, Any]], paper: bool = True) -> str:
         name = report.get("model_name", "model")
         if report.get("checkpoint"):
             name = f"{name} ({report['checkpoint']})"
-        if report.get("box_mode") == "content":
-            name = f"{name}, content boxes"
+        if report.get("box_mode") == "window":
+            name = f"{name}, window boxes"
         cells = [_fmt(report.get(key), digits) for _, key, digits in _COLUMNS]
         lines.append("| " + " | ".join([name, *cells]) + " |")
     if paper:
