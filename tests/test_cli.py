@@ -1,6 +1,7 @@
 """The command line: the README's commands run and report bad input in one line."""
 
 import math
+import re
 import subprocess
 import sys
 
@@ -206,3 +207,23 @@ def test_more_bad_input_on_the_command_line(tmp_path, tiny_data, capsys):
     args = ["train", "--preset", "mlp-air", "--data", str(tiny_data / "train.npz"), "--out"]
     assert main([*args, str(tmp_path / "ok"), "--steps", "1", "--set", "hidden=16"]) == 0
     assert (tmp_path / "ok" / "last.pt").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"lr_decay": 0.0}, "lr_decay must be in (0, 1]"),
+        ({"rollback_nats": -5.0}, "rollback_nats must be >= 0"),
+        ({"geometric_rho": 2.0}, "geometric_rho must be in (0, 1)"),
+        ({"lr": float("nan")}, "lr must be finite"),
+        ({"num_steps": -3}, "num_steps must be >= 0"),
+        ({"lr_multipliers": {"decoder": 0.0}}, "lr_multipliers must be > 0 each"),
+        ({"max_rollbacks": -1}, "max_rollbacks must be >= 0"),
+    ],
+)
+def test_config_ranges(change, message):
+    from sqair_pyro.config import preset
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        preset("mlp-sqair", **change)
+    assert preset("mlp-sqair", image_size=[50, 50]).image_size == (50, 50)  # JSON lists

@@ -119,7 +119,13 @@ def test_report_of_a_small_model(arrays):
     assert report["horizons"] == [1, 2, 3, 4, 5, 6, 7] and report["num_sequences"] == 6
     for key in ("imagined_kept", "reconstructed_kept", "imagined_present", "distance_stay"):
         assert len(report[key]) == 7
-    assert all(0 <= v <= 1 for v in report["imagined_kept"] + report["reconstructed_present"])
+    for name in ("imagined", "reconstructed"):
+        for value, pairs in zip(report[f"{name}_kept"], report[f"{name}_pairs"], strict=True):
+            assert (value is None) == (pairs == 0)  # no pairs: no number, never a false 0
+            assert value is None or 0 <= value <= 1
+    assert all(
+        d <= p for d, p in zip(report["distance_pairs"], report["imagined_pairs"], strict=True)
+    )
     json.dumps(report)
 
 

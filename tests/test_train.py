@@ -397,7 +397,7 @@ def test_sigint_and_sigterm_save_the_current_step_and_exit_cleanly(tiny_data, tm
             time.sleep(0.2)
         process.send_signal(sig)
         _, err = process.communicate(timeout=120)
-        assert process.returncode == 130, err
+        assert process.returncode == 128 + sig, err
         assert f"stopped by {sig.name} at step" in err and "Traceback" not in err
         saved = read_checkpoint(out / "last.pt")["step"]
         assert f"at step {saved};" in err
@@ -432,3 +432,31 @@ def test_a_resume_needs_no_first_weights(tiny_data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path / "first")
     train(config.replace(num_steps=3), tiny_data, tmp_path / "run", resume=True, progress=False)
     assert read_checkpoint(tmp_path / "run" / "last.pt")["step"] == 3
+
+
+def test_a_rollback_keeps_the_milestones_passed_since_the_best(tiny_data, tmp_path, monkeypatch):
+    """Best at step 1, a milestone at step 2, falls at steps 2 and 3: the rates after each
+    rollback carry the milestone's factor and one lr_decay per rollback."""
+    values = iter([100.0, 50.0, 40.0, 30.0])
+    monkeypatch.setattr(Trainer, "validate", lambda self, *a, **k: next(values))
+    rates = []
+    original = Trainer.roll_back
+
+    def spy(self, path, batches):
+        original(self, path, batches)
+        rates.append([g["lr"] for g in self.optimizer.param_groups])
+
+    monkeypatch.setattr(Trainer, "roll_back", spy)
+    config = small_config(
+        "mlp-sqair",
+        num_steps=20,
+        validate_every=1,
+        rollback_nats=10.0,
+        max_rollbacks=2,
+        lr=1e-3,
+        lr_decay=0.5,
+        lr_decay_steps=[2],
+        lr_multipliers={},
+    )
+    train(config, tiny_data, tmp_path, progress=False)
+    assert rates == [pytest.approx([2.5e-4]), pytest.approx([1.25e-4])]

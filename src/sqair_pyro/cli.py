@@ -34,7 +34,6 @@ def cmd_make_data(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    import torch
 
     from sqair_pyro.train import train
 
@@ -57,8 +56,6 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise ValueError("--preset is required unless --resume continues OUT/last.pt")
     else:
         config = preset(args.preset, **overrides)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     best = train(config, args.data, args.out, resume=args.resume, device=args.device)
     print(f"best checkpoint: {best}")
 
@@ -81,12 +78,9 @@ def default_checkpoint() -> Path:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    import torch
 
     from sqair_pyro.evaluate import evaluate_checkpoint, markdown_table, save_report
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     checkpoint = args.checkpoint or default_checkpoint()
     report = evaluate_checkpoint(
         checkpoint,
@@ -112,12 +106,9 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> None:
-    import torch
 
     from sqair_pyro.show import show_checkpoint
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     paths = show_checkpoint(
         args.checkpoint,
         args.data,
@@ -132,12 +123,8 @@ def cmd_show(args: argparse.Namespace) -> None:
 def cmd_addition(args: argparse.Namespace) -> None:
     import json
 
-    import torch
-
     from sqair_pyro.addition import addition_checkpoint
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     report = addition_checkpoint(
         args.checkpoint,
         args.data,
@@ -160,14 +147,11 @@ def cmd_addition(args: argparse.Namespace) -> None:
 
 
 def cmd_forecast(args: argparse.Namespace) -> None:
-    import torch
 
     from sqair_pyro.evaluate import save_report
     from sqair_pyro.forecast import forecast_checkpoint
     from sqair_pyro.viz import plot_forecast
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     report = forecast_checkpoint(
         args.checkpoint or default_checkpoint(),
         args.data,
@@ -195,20 +179,21 @@ def cmd_forecast(args: argparse.Namespace) -> None:
         strict=True,
     ):
         print(
-            f"h={h}: class kept {kept:.3f} (reconstructed {ceiling:.3f}); centre distance "
-            f"{dist:.2f} px (stay {stay:.2f}, constant velocity {cv:.2f})"
+            f"h={h}: class kept {_fmt(kept, 3)} (reconstructed {_fmt(ceiling, 3)}); centre "
+            f"distance {_fmt(dist, 2)} px (stay {_fmt(stay, 2)}, constant velocity {_fmt(cv, 2)})"
         )
     print(f"report written to {args.out}, figure to {figure}")
 
 
+def _fmt(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 def cmd_train_digits(args: argparse.Namespace) -> None:
-    import torch
 
     from sqair_pyro.data.mnist import load_mnist
     from sqair_pyro.digits import save_classifier, train_digit_classifier
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     train = load_mnist("train", args.mnist_dir)
     test = load_mnist("test", args.mnist_dir)
     classifier, report = train_digit_classifier(train, test, epochs=args.epochs, seed=args.seed)
@@ -260,10 +245,13 @@ def check_device(device: str) -> None:
     """One clear error for a device this machine does not have."""
     import torch
 
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"no CUDA device on this machine (--device {device}); use --device cpu")
-    if device not in ("cpu",) and not device.startswith("cuda"):
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
         raise ValueError(f"unknown device {device!r}; use cpu or cuda[:N]")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"no CUDA device on this machine (--device {device}); use --device cpu")
+    if index and int(index) >= torch.cuda.device_count():
+        raise ValueError(f"no device {device}: this machine has {torch.cuda.device_count()}")
 
 
 def _positive(text: str) -> int:
@@ -451,13 +439,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if hasattr(args, "device"):
             check_device(args.device)
+        if getattr(args, "threads", 0):
+            import torch
+
+            torch.set_num_threads(args.threads)
         args.func(args)
     except (FileNotFoundError, ValueError, CheckpointError, TrainingDivergedError) as error:
         print(f"sqair-pyro {args.command}: error: {error}", file=sys.stderr)
         return 1
     except TrainingInterruptedError as stopped:
         print(f"sqair-pyro {args.command}: {stopped}", file=sys.stderr)
-        return 130
+        return 128 + stopped.signal
     except KeyboardInterrupt:
         print(f"sqair-pyro {args.command}: interrupted", file=sys.stderr)
         return 130

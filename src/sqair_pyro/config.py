@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +13,8 @@ POSITIVE = (
     "clip_norm", "log_every", "checkpoint_every", "validate_every", "validation_size",
     "curriculum_start", "num_frames", "early_stopping_patience",
 )  # fmt: skip
+#: Fields that must lie strictly between two bounds (when set).
+OPEN_INTERVALS = {"geometric_rho": (0, 1), "categorical_init_rho": (0, 1)}
 #: Fields with a fixed set of values.
 CHOICES = {
     "model": ("air", "sqair"),
@@ -120,9 +123,29 @@ class Config:
                 raise ValueError(
                     f"config {f.name} must be {f.type}, got {value!r} ({type(value).__name__})"
                 )
+        for key in ("image_size", "glimpse_size"):  # lists from JSON or --set
+            object.__setattr__(self, key, tuple(getattr(self, key)))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"config {f.name} must be finite, got {value}")
         for name in POSITIVE:
             if getattr(self, name) <= 0:
                 raise ValueError(f"config {name} must be positive, got {getattr(self, name)}")
+        for name, (low, high) in OPEN_INTERVALS.items():
+            value = getattr(self, name)
+            if value is not None and not low < value < high:
+                raise ValueError(f"config {name} must be in ({low}, {high}), got {value}")
+        checks = (
+            ("lr_decay", 0 < self.lr_decay <= 1, "in (0, 1]"),
+            ("num_steps", self.num_steps >= 0, ">= 0"),
+            ("max_rollbacks", self.max_rollbacks >= 0, ">= 0"),
+            ("rollback_nats", self.rollback_nats is None or self.rollback_nats >= 0, ">= 0"),
+            ("lr_multipliers", all(v > 0 for v in self.lr_multipliers.values()), "> 0 each"),
+        )
+        for name, ok, requirement in checks:
+            if not ok:
+                raise ValueError(f"config {name} must be {requirement}, got {getattr(self, name)}")
         for name, choices in CHOICES.items():
             value = getattr(self, name)
             if value not in choices:

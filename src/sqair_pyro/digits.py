@@ -79,7 +79,8 @@ def glimpse_like(
 ) -> torch.Tensor:
     """20x20 glimpse-like views (B, 20, 20) of MNIST digits (B, 28, 28) in [0, 1].
 
-    ``random=False`` gives the fixed central view (zoom 0.8, no offset, blur or dimming).
+    ``random=False`` gives the fixed central view (the middle of :data:`ZOOM`, no offset,
+    blur or dimming).
     """
     batch = digits.shape[0]
 
@@ -190,5 +191,8 @@ def load_classifier(path: str | os.PathLike | None = None) -> tuple[DigitClassif
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a sqair-pyro digit classifier")
     classifier = DigitClassifier()
-    classifier.load_state_dict(payload["weights"])
-    return classifier.eval(), dict(payload["report"])
+    try:
+        classifier.load_state_dict(payload["weights"])
+    except (KeyError, RuntimeError) as error:
+        raise CheckpointError(f"{path} does not hold this digit classifier's weights") from error
+    return classifier.eval(), dict(payload.get("report", {}))

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from sqair_pyro.config import Config
 from sqair_pyro.data import check_frames
-from sqair_pyro.digits import classify
+from sqair_pyro.digits import GLIMPSE, classify
 from sqair_pyro.evaluate import predicted_boxes
 from sqair_pyro.predict import imagine, reconstruct
 from sqair_pyro.tracking import box_iou
@@ -150,6 +150,11 @@ def baseline_distances(
     }
 
 
+def _ratios(totals: np.ndarray, counts: np.ndarray) -> list[float | None]:
+    """``totals / counts`` per horizon; None where nothing was counted (JSON null)."""
+    return [float(t / c) if c else None for t, c in zip(totals, counts, strict=True)]
+
+
 def _check_arrays(arrays: Mapping[str, np.ndarray], config: Config, num_observed: int) -> None:
     missing = [key for key in _DATA_KEYS if key not in arrays]
     if missing:
@@ -157,6 +162,11 @@ def _check_arrays(arrays: Mapping[str, np.ndarray], config: Config, num_observed
             f"forecast metrics need {', '.join(_DATA_KEYS)}; the data lack {', '.join(missing)}"
         )
     check_frames(arrays["images"], config.image_size)
+    if tuple(config.glimpse_size) != (GLIMPSE, GLIMPSE):
+        raise ValueError(
+            f"the digit classifier reads {GLIMPSE}x{GLIMPSE} glimpses; this model's are "
+            f"{config.glimpse_size[0]}x{config.glimpse_size[1]}"
+        )
     if config.model != "sqair":
         raise ValueError(
             f"conditional generation needs a model with propagation, not {config.model}"
@@ -226,7 +236,7 @@ def forecast(
         report[f"{name}_pairs"] = pairs.tolist()
         for key in ("present", "kept"):
             hits = (data[f"{name}_{key}"] & valid).sum((0, 1))
-            report[f"{name}_{key}"] = (hits / np.maximum(pairs, 1)).tolist()
+            report[f"{name}_{key}"] = _ratios(hits, pairs)
     # Distances over the pairs where the imagined object is drawn, baselines on the same pairs.
     drawn = data["imagined_valid"] & data["imagined_present"]
     report["distance_pairs"] = drawn.sum((0, 1)).tolist()
@@ -235,8 +245,7 @@ def forecast(
         ("distance_stay", data["stay"]),
         ("distance_constant_velocity", data["constant_velocity"]),
     ):
-        masked = np.where(drawn, values, 0.0).sum((0, 1))
-        report[key] = (masked / np.maximum(drawn.sum((0, 1)), 1)).tolist()
+        report[key] = _ratios(np.where(drawn, values, 0.0).sum((0, 1)), drawn.sum((0, 1)))
     report["wall_time_s"] = time.perf_counter() - started
     return report
 

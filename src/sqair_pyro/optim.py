@@ -11,6 +11,10 @@ share of it by whatever the where-heads did on that batch.
 :func:`clip_by_component` clips each component (the first :data:`GROUP_DEPTH` segments of a
 parameter's path, e.g. ``guide.propagation.where_head``) to the same norm on its own, so each
 pathway gets a normalised step of its own (a departure from the paper, which clips nothing).
+A component is a path prefix, not a pathway: most are one network (a head, an RNN, an
+encoder), but a module's direct parameters (the discovery prior's biases) or the layers of an
+``nn.Sequential`` held directly by a program (``guide.summary.0``, ``.2``) are clipped apart.
+Measured worse than one global clip (docs/results.md), so it is an option, not the default.
 """
 
 from __future__ import annotations

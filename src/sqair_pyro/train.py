@@ -6,6 +6,7 @@ the same way, or drives :class:`Trainer` one step at a time.
 
 from __future__ import annotations
 
+import bisect
 import csv
 import math
 import signal
@@ -233,6 +234,8 @@ class Trainer:
             keep_float32_outputs(self.model, self.guide)
         self.capture = _Capture(self.guide)
         self.elbo = make_objective(config)
+        #: Names of the weights copied from ``config.init_from`` (none without a warm start).
+        self.initialised: list[str] = []
         if config.init_from and initialise:
             self.initialised = warm_start(self.model, self.guide, config.init_from)
         groups = parameter_groups(config, {"model": self.model, "guide": self.guide})
@@ -291,7 +294,7 @@ class Trainer:
             "objects": z_pres.sum((-2, -1)).mean().item(),
             "grad_norm": grad_norm,
             "clipped": clipped,
-            "lr": self.config.lr * self.lr_factor(),
+            "lr": self.config.lr * self.lr_factor() * self.config.lr_decay**self.rollbacks,
         }
 
     def clip_gradients(self) -> tuple[float, float]:
@@ -306,12 +309,21 @@ class Trainer:
         """Return to the weights and optimiser state of ``path`` (the best checkpoint), keep
         counting steps, and multiply every learning rate by ``lr_decay``."""
         step, elapsed, rollbacks = self.step_count, self.elapsed_s, self.rollbacks
-        generator = batches.generator.get_state()
+        generator, noise = batches.generator.get_state(), torch.get_rng_state()
         self.restore(path, batches)
         self.step_count, self.elapsed_s, self.rollbacks = step, elapsed, rollbacks + 1
-        self.scheduler.last_epoch = step
-        batches.generator.set_state(generator)  # fresh batches, not the same ones again
+        # Fresh batches and sampling noise, not those that followed the best step again.
+        batches.generator.set_state(generator)
+        torch.set_rng_state(noise)
         self.use_base_lrs([rate * self.config.lr_decay**self.rollbacks for rate in self.base_lrs])
+        # The schedule's factor at this step (milestones passed since the best step count).
+        self.scheduler.last_epoch = step
+        factor = self.config.lr_decay ** bisect.bisect_right(
+            sorted(self.config.lr_decay_steps), step
+        )
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def lr_factor(self) -> float:
         """The schedule's current factor on every learning rate."""
@@ -473,6 +485,11 @@ class StopRequested:
 class TrainingInterruptedError(RuntimeError):
     """Training was stopped by a signal; the state at the last finished step is saved."""
 
+    def __init__(self, message: str, signal_number: int) -> None:
+        super().__init__(message)
+        #: The signal's number (the command line exits with 128 plus it).
+        self.signal = signal_number
+
 
 def diverged(config: Config, value: float, best: float) -> bool:
     """Whether a validation bound ``value`` fell more than ``config.rollback_nats`` below
@@ -566,7 +583,8 @@ def _loop(
             name = signal.Signals(stop.received).name
             raise TrainingInterruptedError(
                 f"stopped by {name} at step {trainer.step_count}; {last} holds that state "
-                "(continue with --resume)"
+                "(continue with --resume)",
+                stop.received,
             )
         frames = frames_for_step(config, trainer.step_count)
         metrics = trainer.step(*batches.sample(config.batch_size, frames))
@@ -605,7 +623,6 @@ def _loop(
                     f"({trainer.best_validation:.1f}); rolled back to best.pt, learning "
                     f"rates x{config.lr_decay:.3g}"
                 )
-                log.write({"step": step, "time_s": trainer.elapsed_s, "lr": metrics["lr"]})
             else:
                 trainer.validations_without_improvement += 1
         if step % config.checkpoint_every == 0 or step == config.num_steps:
