@@ -209,3 +209,18 @@ def test_bad_frame_size_and_missing_checkpoint_are_one_clear_error(tmp_path, cap
     err = capsys.readouterr().err
     assert code == 1 and "not found" in err
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_air_prior_samples_show_the_draws_with_objects_first():
+    from conftest import small_config
+
+    from sqair_pyro.show import AIR_PRIOR_DRAWS, prior_data
+
+    config = small_config("mlp-air", geometric_rho=0.3)
+    model, _ = build(config)
+    data = prior_data(model, config, num_samples=2, num_frames=3, seed=1)
+    shown = (data["ids"] >= 0).any(-1).reshape(-1)  # frames in display order
+    draws = AIR_PRIOR_DRAWS * 6
+    assert data["canvas"].shape[:2] == (2, 3)
+    assert shown.sum() == min(6, round(data["with_objects"] * draws))
+    assert not (~shown[:-1] & shown[1:]).any()  # no empty frame before one with objects

@@ -159,29 +159,38 @@ def glimpse_data(
     return result
 
 
+#: AIR prior samples are drawn this many times over, to show those with objects.
+AIR_PRIOR_DRAWS = 20
+
+
 @torch.no_grad()
 def prior_data(
     model: nn.Module, config: Config, num_samples: int, num_frames: int, seed: int = 0
-) -> dict[str, np.ndarray]:
+) -> dict[str, Any]:
     """Samples from the prior: ``canvas`` (S, T, H, W), ``boxes`` (S, T, N, 4), ``ids``.
 
-    SQAIR samples ``num_samples`` sequences of ``num_frames`` frames; AIR, which has no time,
-    draws ``num_samples * num_frames`` independent images, arranged the same way.
+    SQAIR samples ``num_samples`` sequences of ``num_frames`` frames. AIR, which has no time,
+    draws :data:`AIR_PRIOR_DRAWS` times ``num_samples * num_frames`` independent images and
+    shows those that hold an object first (a sparse discovery prior leaves most draws empty);
+    ``with_objects`` is the fraction of all draws (frames, for SQAIR) that hold an object.
     """
     pyro.set_rng_seed(seed)
     height, width = config.image_size
     if config.model == "air":
         count = num_samples * num_frames
         # The AIR model takes its batch size from the images; uncondition samples x too.
-        zeros = torch.zeros(count, height, width)
+        zeros = torch.zeros(AIR_PRIOR_DRAWS * count, height, width)
         latents = poutine.uncondition(model)(zeros)
     else:
         latents = model(None, num_frames=num_frames, batch_size=num_samples)
     boxes, ids = boxes_and_ids(latents, (height, width))
     out = {"canvas": latents["canvas"].clamp(0, 1), "boxes": boxes, "ids": ids}
+    has_objects = (ids >= 0).any(-1)
+    fraction = float(has_objects.float().mean())
     if config.model == "air":
-        out = {k: v.reshape(num_samples, num_frames, *v.shape[1:]) for k, v in out.items()}
-    return _numpy(out)
+        first = torch.argsort((~has_objects).int(), stable=True)[:count]  # with objects first
+        out = {k: v[first].reshape(num_samples, num_frames, *v.shape[1:]) for k, v in out.items()}
+    return {**_numpy(out), "with_objects": fraction}
 
 
 @torch.no_grad()
@@ -389,12 +398,18 @@ def write_figures(
         (f"{label} {s}", prior["canvas"][s], prior["boxes"][s], prior["ids"][s])
         for s in range(len(prior["canvas"]))
     ]
-    what = "independent images (AIR has no time)" if air else "sequences"
-    empty = int((prior["ids"] < 0).all(-1).sum())
-    prior_title = (
-        f"{name}: {what} sampled from the prior ({empty} of {prior['ids'][..., 0].size} "
-        "frames without objects)"
-    )
+    if air:
+        prior_title = (
+            f"{name}: independent images sampled from the prior (AIR has no time), those with "
+            f"objects first; {prior['with_objects']:.1%} of {AIR_PRIOR_DRAWS}x as many draws "
+            "hold an object"
+        )
+    else:
+        empty = int((prior["ids"] < 0).all(-1).sum())
+        prior_title = (
+            f"{name}: sequences sampled from the prior ({empty} of "
+            f"{prior['ids'][..., 0].size} frames without objects)"
+        )
     wrote(plot_sequences(out_dir / "prior_samples.png", prior_rows, title=prior_title))
     half = (len(prior_rows) + 1) // 2
     panels = [prior_rows[:half], prior_rows[half:]] if len(prior_rows) > 2 else [prior_rows]

@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 #: One colour per identity, cycling (colour-blind safe "tab10").
 PALETTE = plt.get_cmap("tab10").colors
@@ -357,15 +358,6 @@ def _format_duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _extrapolate(x: np.ndarray, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:
-    """``np.interp`` that continues the mean slope past the ends instead of clamping."""
-    x = np.asarray(x, dtype=float)
-    slope = (fp[-1] - fp[0]) / (xp[-1] - xp[0]) if xp[-1] > xp[0] else 0.0
-    y = np.interp(x, xp, fp)
-    y = np.where(x < xp[0], fp[0] + (x - xp[0]) * slope, y)
-    return np.where(x > xp[-1], fp[-1] + (x - xp[-1]) * slope, y)
-
-
 def plot_training_curves(
     path: str | Path,
     train: dict[str, np.ndarray],
@@ -416,28 +408,30 @@ def plot_training_curves(
             )
     for ax in axes[1]:
         ax.set_xlabel("step")
-    # Wall time on a top axis, interpolated from the logged (step, time) pairs: the training
-    # rows (one per step), else the validation rows.
+    # Wall time on a top axis: ticks at round times, placed at the step where the run's clock
+    # read them (interpolated from the logged (step, time) pairs: the training rows, else the
+    # validation rows). Ticks, not an inverse function, so flat stretches of the clock (a
+    # resume) cannot stack two labels on one place.
     clock = train if np.size(train.get("step", [])) >= 2 else validation
     all_steps = np.asarray(clock.get("step", []), dtype=float)
     all_wall = np.asarray(clock.get("wall_s", []), dtype=float)
     known = np.isfinite(all_wall)
     all_steps, all_wall = all_steps[known], np.maximum.accumulate(all_wall[known])
+    all_wall, first = np.unique(all_wall, return_index=True)  # strictly increasing
+    all_steps = all_steps[first]
     walls = np.concatenate([train.get("wall_s", []), validation.get("wall_s", [])])
     walls = walls[np.isfinite(walls)]
     total = float(walls.max()) if walls.size else float("nan")
-    if all_steps.size >= 2 and all_steps[-1] > all_steps[0] and all_wall[-1] > all_wall[0]:
+    if all_steps.size >= 2:
         unit, name = (1.0, "s") if total < 120 else (60.0, "min") if total < 7200 else (3600.0, "h")
+        ticks = MaxNLocator(nbins=6).tick_values(all_wall[0] / unit, all_wall[-1] / unit)
+        ticks = ticks[(ticks >= all_wall[0] / unit) & (ticks <= all_wall[-1] / unit)]
+        positions = np.interp(ticks * unit, all_wall, all_steps)
         for ax in axes[0]:
-            top = ax.secondary_xaxis(
-                "top",
-                functions=(
-                    lambda s: _extrapolate(s, all_steps, all_wall) / unit,
-                    lambda w: _extrapolate(w * unit, all_wall, all_steps),
-                ),
-            )
+            top = ax.twiny()
+            top.set_xlim(ax.get_xlim())
+            top.set_xticks(positions, [f"{t:g}" for t in ticks], fontsize=7)
             top.set_xlabel(f"wall time ({name})", fontsize=8)
-            top.tick_params(labelsize=7)
     steps_logged = np.concatenate([train.get("step", []), validation.get("step", [])])
     last_step = int(np.max(steps_logged)) if steps_logged.size else 0
     head = f"{last_step} steps, {_format_duration(total)} of training"
