@@ -460,3 +460,52 @@ def test_a_rollback_keeps_the_milestones_passed_since_the_best(tiny_data, tmp_pa
     )
     train(config, tiny_data, tmp_path, progress=False)
     assert rates == [pytest.approx([2.5e-4]), pytest.approx([1.25e-4])]
+
+
+def test_a_corrupt_or_truncated_checkpoint_is_one_clear_error(tiny_data, tmp_path):
+    train(small_config("mlp-air", num_steps=1), tiny_data, tmp_path, progress=False)
+    data = (tmp_path / "last.pt").read_bytes()
+    assert read_checkpoint(tmp_path / "last.pt")["checksum"]
+    for fraction in (0.3, 0.5, 0.8):  # one flipped byte inside the tensors' data
+        flipped = bytearray(data)
+        flipped[int(len(data) * fraction)] ^= 0xFF
+        (tmp_path / "bad.pt").write_bytes(bytes(flipped))
+        with pytest.raises(CheckpointError, match="bad.pt (is corrupt|cannot read)|cannot read"):
+            read_checkpoint(tmp_path / "bad.pt")
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        read_checkpoint(tmp_path / "cut.pt")
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_leaves_a_loadable_checkpoint(tiny_data, tmp_path):
+    """A real training process that checkpoints every step, killed with SIGKILL at random
+    moments eight times, resumed after each kill: last.pt always loads and the run goes on."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rng = random.Random(0)
+    out = tmp_path / "run"
+    settings = dict(hidden=16, z_what_dim=4, batch_size=4, num_particles=2, validation_size=8)
+    settings.update(num_steps=100000, checkpoint_every=1, log_every=1, validate_every=100000)
+    base = ["train", "--preset", "mlp-air", "--data", str(tiny_data), "--out", str(out)]
+    base += [arg for k, v in settings.items() for arg in ("--set", f"{k}={v}")]
+    base += ["--set", "init_from=None", "--threads", "1"]
+    steps = []
+    for kill in range(8):
+        args = base + (["--resume"] if kill else [])
+        before = (out / "last.pt").stat().st_mtime_ns if kill else 0
+        process = subprocess.Popen([sys.executable, "-m", "sqair_pyro.cli", *args])
+        deadline = time.time() + 60  # until this process has written a checkpoint
+        while time.time() < deadline and not (
+            (out / "last.pt").exists() and (out / "last.pt").stat().st_mtime_ns != before
+        ):
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.05, 1.5))
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        steps.append(read_checkpoint(out / "last.pt")["step"])  # loads, whatever the moment
+    assert steps == sorted(steps) and steps[-1] > steps[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -64,7 +65,40 @@ def save_checkpoint(
         "guide": guide.state_dict(),
         **extra,
     }
-    return save_atomic(payload, path)
+    return save_atomic(with_checksum(payload), path)
+
+
+def _digest(value: Any, h: Any) -> None:
+    """Feed ``value`` (nested dicts, lists, tensors, numbers, strings) into the hash ``h``."""
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        h.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
+        h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, dict):
+        h.update(b"{")
+        for key in sorted(value, key=repr):
+            h.update(repr(key).encode())
+            _digest(value[key], h)
+        h.update(b"}")
+    elif isinstance(value, list | tuple):
+        h.update(b"[")
+        for item in value:
+            _digest(item, h)
+        h.update(b"]")
+    else:
+        h.update(repr(value).encode())
+
+
+def checksum(payload: dict[str, Any]) -> str:
+    """SHA-256 of everything in a checkpoint payload but its ``checksum`` entry."""
+    h = hashlib.sha256()
+    _digest({k: v for k, v in payload.items() if k != "checksum"}, h)
+    return h.hexdigest()
+
+
+def with_checksum(payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` with its :func:`checksum`, which :func:`read_checkpoint` verifies."""
+    return {**payload, "checksum": checksum(payload)}
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict[str, Any]:
@@ -81,6 +115,8 @@ def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict[
         raise CheckpointError(f"{path} is not a sqair-pyro checkpoint")
     if payload.get("version") != VERSION:
         raise CheckpointError(f"{path} has checkpoint version {payload.get('version')}")
+    if "checksum" in payload and payload["checksum"] != checksum(payload):  # older: none
+        raise CheckpointError(f"{path} is corrupt: its contents do not match its checksum")
     return payload
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from sqair_pyro.checkpoint import load_checkpoint, read_checkpoint, save_atomic
+from sqair_pyro.checkpoint import load_checkpoint, read_checkpoint, save_atomic, with_checksum
 from sqair_pyro.config import Config
 
 
@@ -64,7 +64,7 @@ def export(
     payload = read_checkpoint(checkpoint)
     slim = {k: payload[k] for k in ("format", "version", "config", "model", "guide")}
     slim["step"], slim["elapsed_s"] = payload.get("step"), payload.get("elapsed_s")
-    out = save_atomic(slim, out)
+    out = save_atomic(with_checksum(slim), out)
     if metrics is not None:
         Path(out).with_suffix(".json").write_text(json.dumps(metrics, indent=2) + "\n")
     return out
