@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint format clean
+.PHONY: demo test lint format clean notebooks
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q
+
+# JupyterLab with widgets (progress bars) in the same .venv, then the notebooks folder.
+notebooks: $(STAMP)
+	$(BIN)/python -m pip install -q jupyterlab ipywidgets
+	$(BIN)/jupyter lab notebooks
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix .
