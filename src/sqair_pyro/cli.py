@@ -222,7 +222,8 @@ def cmd_curves(args: argparse.Namespace) -> None:
     for path, before in args.runs:
         metrics = path / "metrics.csv" if path.is_dir() else path
         train, validation = read_metrics(metrics)
-        label = path.name if path.is_dir() else path.parent.name
+        # The run directory's name; a CSV's own name unless it is a run's metrics.csv.
+        label = metrics.parent.name if metrics.name == "metrics.csv" else metrics.stem
         runs.append((label, train, validation, before))
         if len(validation.get("val", [])):
             best = int(np.nanargmax(validation["val"]))
