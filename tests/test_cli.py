@@ -230,3 +230,13 @@ def test_config_ranges(change, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         preset("mlp-sqair", **change)
     assert preset("mlp-sqair", image_size=[50, 50]).image_size == (50, 50)  # JSON lists
+
+
+def test_train_digits_bad_input_is_one_clear_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:  # argparse: one line, exit status 2
+        main(["train-digits", "--out", str(tmp_path / "c.pt"), "--epochs", "0"])
+    assert stopped.value.code == 2
+    assert "must be a positive integer" in capsys.readouterr().err
+    code = main(["train-digits", "--out", str(tmp_path / "c.pt"), "--mnist-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
