@@ -34,7 +34,6 @@ def cmd_make_data(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-
     from sqair_pyro.train import train
 
     overrides = dict(args.set or [])
@@ -78,7 +77,6 @@ def default_checkpoint() -> Path:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-
     from sqair_pyro.evaluate import evaluate_checkpoint, markdown_table, save_report
 
     checkpoint = args.checkpoint or default_checkpoint()
@@ -106,7 +104,6 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> None:
-
     from sqair_pyro.show import show_checkpoint
 
     paths = show_checkpoint(
@@ -147,7 +144,6 @@ def cmd_addition(args: argparse.Namespace) -> None:
 
 
 def cmd_forecast(args: argparse.Namespace) -> None:
-
     from sqair_pyro.evaluate import save_report
     from sqair_pyro.forecast import forecast_checkpoint
     from sqair_pyro.viz import plot_forecast
@@ -190,7 +186,6 @@ def _fmt(value: float | None, digits: int) -> str:
 
 
 def cmd_train_digits(args: argparse.Namespace) -> None:
-
     from sqair_pyro.data.mnist import load_mnist
     from sqair_pyro.digits import save_classifier, train_digit_classifier
 

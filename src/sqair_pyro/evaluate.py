@@ -421,11 +421,9 @@ def evaluate_checkpoint(
     a sqair-pyro checkpoint, ``FileNotFoundError``/``ValueError`` for bad data.
     """
     from sqair_pyro.checkpoint import load_checkpoint
-    from sqair_pyro.data import load_npz
+    from sqair_pyro.data import load_npz, split_file
 
-    data_path = Path(data_path)
-    if data_path.is_dir():
-        data_path = data_path / "test.npz"
+    data_path = split_file(data_path, "test")
     device = str(kwargs.get("device", "cpu"))
     config, model, guide, payload = load_checkpoint(path, map_location=device)
     arrays = load_npz(data_path)

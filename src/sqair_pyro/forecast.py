@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -259,12 +258,10 @@ def forecast_checkpoint(
     """:func:`forecast` a checkpoint on a data file (a directory means its ``test.npz``) with
     the shipped digit classifier or the one at ``classifier_path``."""
     from sqair_pyro.checkpoint import load_checkpoint
-    from sqair_pyro.data import load_npz
+    from sqair_pyro.data import load_npz, split_file
     from sqair_pyro.digits import load_classifier
 
-    data_path = Path(data_path)
-    if data_path.is_dir():
-        data_path = data_path / "test.npz"
+    data_path = split_file(data_path, "test")
     config, model, guide, payload = load_checkpoint(path)
     arrays = load_npz(data_path)
     classifier, classifier_report = load_classifier(classifier_path)

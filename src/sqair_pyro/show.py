@@ -510,11 +510,9 @@ def show_checkpoint(
     Raises ``CheckpointError``, ``FileNotFoundError`` or ``ValueError`` for bad input.
     """
     from sqair_pyro.checkpoint import load_checkpoint
-    from sqair_pyro.data import load_npz
+    from sqair_pyro.data import load_npz, split_file
 
-    data_path = Path(data_path)
-    if data_path.is_dir():
-        data_path = data_path / "test.npz"
+    data_path = split_file(data_path, "test")
     config, model, guide, _ = load_checkpoint(checkpoint)
     arrays = load_npz(data_path)
     _check_arrays(arrays, config)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from sqair_pyro.build import build
 from sqair_pyro.checkpoint import read_checkpoint, save_checkpoint
 from sqair_pyro.config import Config
-from sqair_pyro.data import load_npz
+from sqair_pyro.data import load_npz, split_file
 from sqair_pyro.infer import VIMCO_ELBO
 from sqair_pyro.nn.precision import keep_float32_outputs, matmul_precision
 from sqair_pyro.optim import clip_by_component, components
@@ -531,8 +531,8 @@ def train(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     last, best = out_dir / "last.pt", out_dir / "best.pt"
-    data = Path(data_dir)
-    arrays = load_npz(data if data.is_file() else data / "train.npz")
+    data = split_file(data_dir, "train")
+    arrays = load_npz(data)
     if len(arrays["images"]) < MIN_SEQUENCES:
         raise ValueError(
             f"{data}: training needs at least {MIN_SEQUENCES} sequences (a fifth, up to "

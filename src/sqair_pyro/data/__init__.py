@@ -12,6 +12,7 @@ from .moving_mnist import (
     reflect,
     save_npz,
     simulate_motion,
+    split_file,
     validate_arrays,
 )
 
@@ -31,6 +32,7 @@ __all__ = [
     "reflect",
     "save_npz",
     "simulate_motion",
+    "split_file",
     "validate_arrays",
     "write_idx",
 ]

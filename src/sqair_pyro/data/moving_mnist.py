@@ -699,6 +699,12 @@ def _file_kind(head: bytes) -> str:
     return "text"
 
 
+def split_file(path: str | os.PathLike, split: str) -> Path:
+    """A data file given as itself, or as the directory that holds ``{split}.npz``."""
+    path = Path(path)
+    return path / f"{split}.npz" if path.is_dir() else path
+
+
 def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read and validate a data file written by :func:`save_npz`.
 
