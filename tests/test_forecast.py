@@ -133,8 +133,13 @@ def test_bad_input_is_one_clear_error(arrays, tiny_data, tmp_path, capsys):
     config = small_config("mlp-sqair")
     model, guide = build(config)
     clf = DigitClassifier()
-    with pytest.raises(ValueError, match="lack labels"):
-        forecast(model, guide, config, {k: v for k, v in arrays.items() if k != "labels"}, clf)
+    with pytest.raises(ValueError, match="forecast metrics need the ground-truth 'boxes'"):
+        forecast(model, guide, config, {"images": arrays["images"]}, clf)
+    # Without labels the motion is scored and the class check skipped, with a note.
+    unlabelled = {k: v[:4] for k, v in arrays.items() if k not in ("labels", "metadata")}
+    report = forecast(model, guide, config, unlabelled, clf, progress=False, source="u.npz")
+    assert "u.npz has no labels: skipping class kept" in capsys.readouterr().err
+    assert report["imagined_kept"] == [None] * 7 and len(report["distance_stay"]) == 7
     with pytest.raises(ValueError, match="observed frames"):
         forecast(model, guide, config, arrays, clf, num_observed=10)
     air = small_config("mlp-air")

@@ -31,6 +31,6 @@ def test_wheel_ships_models_and_guides(tmp_path):
         assert f"sqair_pyro/{module}" in names
     assert "sqair_pyro/infer/vimco.py" in names
     assert {
-        "sqair_pyro/models/pretrained/mlp-air.pt",
-        "sqair_pyro/models/pretrained/mlp-air.json",
+        "sqair_pyro/weights/mlp-air.pt",
+        "sqair_pyro/weights/mlp-air.json",
     } <= names

@@ -1,6 +1,7 @@
 """Training: it learns something, resumes exactly, survives crashes, reports divergence."""
 
 import csv
+import dataclasses
 import math
 
 import pytest
@@ -147,7 +148,7 @@ def test_geometric_discovery_prior_swaps_in_and_trains(tiny_data, tmp_path):
     trainer = Trainer(config)
     assert type(trainer.model.discovery_prior).__name__ == "GeometricDiscoveryPrior"
     best = train(config, tiny_data, tmp_path, progress=False)
-    assert read_checkpoint(best)["config"]["discovery_prior"] == "geometric"
+    assert read_checkpoint(best)["config"]["model"]["discovery_prior"] == "geometric"
 
 
 def test_learning_rates_by_component():
@@ -318,7 +319,7 @@ def test_sigint_and_sigterm_save_the_current_step_and_exit_cleanly(tiny_data, tm
     for sig in (signal.SIGINT, signal.SIGTERM):
         out = tmp_path / sig.name
         args = ["train", "--preset", "mlp-sqair", "--data", str(tiny_data), "--out", str(out)]
-        for key, value in config.to_dict().items():
+        for key, value in dataclasses.asdict(config).items():
             if key in (
                 "hidden",
                 "z_what_dim",

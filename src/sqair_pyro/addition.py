@@ -55,6 +55,10 @@ __all__ = [
 ]
 
 
+#: Classes of MNIST digits; data with larger labels get as many classes as they need.
+DIGIT_CLASSES = 10
+
+
 def frame_sums(labels: np.ndarray, visible: np.ndarray) -> np.ndarray:
     """Per frame, the sum of the labels of the digits visible in it (0 when none).
 
@@ -71,8 +75,9 @@ def frame_sums(labels: np.ndarray, visible: np.ndarray) -> np.ndarray:
     return np.where(real, labels[:, None, :], 0).sum(-1).astype(np.int64)
 
 
-def num_classes(max_digits: int, digit_classes: int = 10) -> int:
-    """How many sums there are for up to ``max_digits`` digits: 19 for two MNIST digits."""
+def num_classes(max_digits: int, digit_classes: int = DIGIT_CLASSES) -> int:
+    """How many sums there are for up to ``max_digits`` objects of ``digit_classes`` classes
+    (0 .. digit_classes - 1): 19 for two MNIST digits."""
     return max(max_digits, 1) * (digit_classes - 1) + 1
 
 
@@ -195,7 +200,10 @@ def majority_class(targets: torch.Tensor | np.ndarray) -> int:
 def _check(arrays: Mapping[str, np.ndarray], name: str) -> None:
     missing = [key for key in ("images", "labels", "visible") if key not in arrays]
     if missing:
-        raise ValueError(f"the {name} arrays lack {', '.join(missing)}; is it a moving-MNIST file?")
+        raise ValueError(
+            f"the {name} data have no {', '.join(missing)}: the addition probe needs each "
+            "object's class (labels) and when it is visible (visible)"
+        )
     if len(arrays["images"]) == 0:
         raise ValueError(f"the {name} split holds no sequences")
 
@@ -242,7 +250,8 @@ def addition_experiment(
     train_n = min(train_n, len(train_arrays["images"]))
     test_n = min(test_n, len(test_arrays["images"]))
     max_digits = max(train_arrays["labels"].shape[1], test_arrays["labels"].shape[1])
-    classes = num_classes(max_digits)
+    largest = max(int(np.max(a["labels"], initial=0)) for a in (train_arrays, test_arrays))
+    classes = num_classes(max_digits, max(largest + 1, DIGIT_CLASSES))
 
     splits = {}
     for name, arrays, n, offset in (
@@ -283,7 +292,7 @@ def addition_experiment(
         "lr": float(lr),
         "seed": int(seed),
         "features": features,
-        "model_name": f"{config.encoder.upper()}-{config.model.upper()}",
+        "model_name": config.model_name,
         "wall_time_s": time.perf_counter() - started,
     }
 

@@ -1,4 +1,5 @@
-"""Build a model and its guide from a :class:`~sqair_pyro.config.Config`."""
+"""Build a model and its guide from a :class:`~sqair_pyro.config.Config`: the built-in
+components, registered by name (:mod:`sqair_pyro.registry`), and :func:`build`."""
 
 from __future__ import annotations
 
@@ -26,49 +27,66 @@ from sqair_pyro.nn.modules import (
     ImageEncoderMLP,
     SharedCNN,
 )
+from sqair_pyro.registry import component, import_module, register
 
 
-def discovery_prior(config: Config) -> DiscoveryPrior:
-    """The discovery prior named by ``config.discovery_prior``."""
-    if config.discovery_prior == "categorical":
-        return CategoricalDiscoveryPrior(config.max_objects, init_rho=config.categorical_init_rho)
-    if config.discovery_prior == "geometric":
-        return GeometricDiscoveryPrior(config.max_objects, config.geometric_rho)
-    raise ValueError(f"unknown discovery prior {config.discovery_prior!r}")
+@register("discovery_prior", "categorical")
+def categorical_discovery_prior(config: Config) -> DiscoveryPrior:
+    """The paper's learnable categorical over the number of new objects (Eq. 8)."""
+    return CategoricalDiscoveryPrior(config.max_objects, init_rho=config.categorical_init_rho)
 
 
-def networks(config: Config) -> tuple[nn.Module, nn.Module, nn.Module]:
-    """``(image_encoder, glimpse_encoder, glimpse_decoder)`` of the MLP or CONV variant.
+@register("discovery_prior", "geometric")
+def geometric_discovery_prior(config: Config) -> DiscoveryPrior:
+    """AIR's fixed geometric prior: each further object with probability ``geometric_rho``."""
+    return GeometricDiscoveryPrior(config.max_objects, config.geometric_rho)
 
-    MLP: fully connected layers of ``hidden`` units. CONV (App. D.2): the encoders share a
-    CNN with [16, 32, 32, 64] maps and strides [2, 2, 1, 1], each followed by its own fully
-    connected layer; a subpixel-CNN decoder from FC [256, 800] (32 maps of 5x5) through
-    [32, 64, 64] maps with strides [1, 2, 2].
-    """
+
+@register("propagation_prior", "gru")
+def gru_propagation_prior(config: Config) -> PropagationPrior:
+    """The paper's propagation prior: a GRU per object over time (Eq. 9-10)."""
+    return PropagationPrior(config.z_what_dim, config.hidden, survive_bias=config.survive_bias)
+
+
+@register("likelihood", "additive_st")
+def additive_st_likelihood(config: Config, decoder: nn.Module) -> AdditiveSTLikelihood:
+    """Glimpses decoded, placed by a spatial transformer and added (Alg. 1, Eq. 1)."""
+    return AdditiveSTLikelihood(decoder, config.image_size, config.obs_sd)
+
+
+@register("networks", "mlp")
+def mlp_networks(config: Config) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """``(image_encoder, glimpse_encoder, glimpse_decoder)`` of fully connected layers of
+    ``hidden`` units (MLP-SQAIR, App. D.1)."""
     hidden = config.hidden
-    if config.encoder == "mlp":
-        return (
-            ImageEncoderMLP(config.image_size, [hidden, hidden]),
-            GlimpseEncoderMLP(config.glimpse_size, [hidden, hidden]),
-            GlimpseDecoderMLP(config.z_what_dim, [hidden] * 3, config.glimpse_size),
-        )
-    if config.encoder == "conv":
-        cnn = SharedCNN([16, 32, 32, 64], [2, 2, 1, 1])
-        start = (config.glimpse_size[0] // 4, config.glimpse_size[1] // 4)
-        decoder = GlimpseDecoderSubpixel(
-            config.z_what_dim,
-            [256, 32 * start[0] * start[1]],
-            start,
-            [32, 64, 64],
-            [1, 2, 2],
-            config.glimpse_size,
-        )
-        return (
-            ConvEncoder(cnn, config.image_size, hidden),
-            ConvEncoder(cnn, config.glimpse_size, hidden),
-            decoder,
-        )
-    raise ValueError(f"unknown encoder {config.encoder!r}; choose 'mlp' or 'conv'")
+    return (
+        ImageEncoderMLP(config.image_size, [hidden, hidden]),
+        GlimpseEncoderMLP(config.glimpse_size, [hidden, hidden]),
+        GlimpseDecoderMLP(config.z_what_dim, [hidden] * 3, config.glimpse_size),
+    )
+
+
+@register("networks", "conv")
+def conv_networks(config: Config) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """CONV-SQAIR's networks (App. D.2): the encoders share a CNN with [16, 32, 32, 64] maps
+    and strides [2, 2, 1, 1], each followed by its own fully connected layer; a subpixel-CNN
+    decoder from FC [256, 800] (32 maps of 5x5) through [32, 64, 64] maps with strides
+    [1, 2, 2]."""
+    cnn = SharedCNN([16, 32, 32, 64], [2, 2, 1, 1])
+    start = (config.glimpse_size[0] // 4, config.glimpse_size[1] // 4)
+    decoder = GlimpseDecoderSubpixel(
+        config.z_what_dim,
+        [256, 32 * start[0] * start[1]],
+        start,
+        [32, 64, 64],
+        [1, 2, 2],
+        config.glimpse_size,
+    )
+    return (
+        ConvEncoder(cnn, config.image_size, config.hidden),
+        ConvEncoder(cnn, config.glimpse_size, config.hidden),
+        decoder,
+    )
 
 
 def discovery_rnn(
@@ -93,27 +111,39 @@ def discovery_rnn(
     )
 
 
-def build(config: Config) -> tuple[nn.Module, nn.Module]:
-    """``(model, guide)`` as nn.Modules whose ``forward`` are the Pyro programs."""
-    hidden = config.hidden
+def _parts(config: Config) -> tuple[WhatWherePrior, nn.Module, nn.Module, AdditiveSTLikelihood]:
+    """What AIR and SQAIR share: p(z_what, z_where) of new objects, the two encoders and
+    the likelihood around the decoder, each from its registered component."""
     what_where = WhatWherePrior(
         config.z_what_dim, config.where_scale_logit, config.where_scale_sd, config.where_shift_sd
     )
-    image_encoder, glimpse_encoder, decoder = networks(config)
-    likelihood = AdditiveSTLikelihood(decoder, config.image_size, config.obs_sd)
-    if config.model == "air":
-        model = AIRModel(config.max_objects, discovery_prior(config), what_where, likelihood)
-        discovery = discovery_rnn(config, glimpse_encoder, image_encoder, what_where, 0)
-        if config.objective == "tracegraph":
-            discovery.baseline = baseline_network(config)
-        return model, AIRGuide(image_encoder, discovery)
-    if config.model != "sqair":
-        raise ValueError(f"unknown model {config.model!r}; choose 'air' or 'sqair'")
+    image_encoder, glimpse_encoder, decoder = component("networks", config.encoder)(config)
+    likelihood = component("likelihood", config.likelihood)(config, decoder)
+    return what_where, image_encoder, glimpse_encoder, likelihood
+
+
+@register("model", "air")
+def air(config: Config) -> tuple[nn.Module, nn.Module]:
+    """AIR (Eslami et al. 2016) as SQAIR's discovery alone: each frame on its own."""
+    what_where, image_encoder, glimpse_encoder, likelihood = _parts(config)
+    prior = component("discovery_prior", config.discovery_prior)(config)
+    model = AIRModel(config.max_objects, prior, what_where, likelihood)
+    discovery = discovery_rnn(config, glimpse_encoder, image_encoder, what_where, 0)
+    if config.objective == "tracegraph":
+        discovery.baseline = baseline_network(config)
+    return model, AIRGuide(image_encoder, discovery)
+
+
+@register("model", "sqair")
+def sqair(config: Config) -> tuple[nn.Module, nn.Module]:
+    """SQAIR: propagation then discovery in every frame (Alg. 2-3)."""
+    hidden = config.hidden
+    what_where, image_encoder, glimpse_encoder, likelihood = _parts(config)
     model = SQAIRModel(
         config.max_objects,
-        discovery_prior(config),
+        component("discovery_prior", config.discovery_prior)(config),
         what_where,
-        PropagationPrior(config.z_what_dim, hidden, survive_bias=config.survive_bias),
+        component("propagation_prior", config.propagation_prior)(config),
         likelihood,
     )
     propagation = PropagationRNNs(
@@ -134,6 +164,14 @@ def build(config: Config) -> tuple[nn.Module, nn.Module]:
         image_encoder, propagation, discovery, config.max_objects, config.z_what_dim, hidden
     )
     return model, guide
+
+
+def build(config: Config) -> tuple[nn.Module, nn.Module]:
+    """``(model, guide)`` as nn.Modules whose ``forward`` are the Pyro programs: the
+    registered ``config.model``, after importing the modules in ``config.imports``."""
+    for module in config.imports:
+        import_module(module)
+    return component("model", config.model)(config)
 
 
 def baseline_network(config: Config) -> nn.Module:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import math
 import sys
 from pathlib import Path
 
@@ -21,16 +22,44 @@ def _parse_override(text: str) -> tuple[str, object]:
 
 
 def cmd_make_data(args: argparse.Namespace) -> None:
-    from sqair_pyro.data import make_data
+    from sqair_pyro.data import MovingMNISTConfig, make_data
 
+    config = MovingMNISTConfig(
+        canvas_size=tuple(args.canvas),
+        num_frames=args.frames,
+        min_digits=args.min_digits,
+        max_digits=args.max_digits,
+        initial_velocity_bound=args.max_speed,
+        velocity_bound=args.max_speed,
+        initial_acceleration_bound=args.max_acceleration,
+        acceleration_bound=args.max_acceleration,
+        acceleration_noise_std=args.acceleration_noise,
+    )
     train_path, test_path = make_data(
         args.out,
         train_size=args.train_size,
         test_size=args.test_size,
         seed=args.seed,
         mnist_dir=args.mnist_dir,
+        config=config,
     )
     print(f"wrote {train_path} and {test_path}")
+
+
+def cmd_import_frames(args: argparse.Namespace) -> None:
+    from sqair_pyro.data.frames import import_frames
+
+    path = import_frames(
+        args.source,
+        args.out,
+        size=tuple(args.size),
+        grey=not args.colour,
+        length=args.length,
+        stride=args.stride,
+        every=args.every,
+        max_sequences=args.max_sequences,
+    )
+    print(f"wrote {path}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -44,6 +73,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         overrides["num_steps"] = args.steps
     if args.clip_norm is not None:
         overrides["clip_norm"] = args.clip_norm
+    if args.imports:  # .py files by absolute path, so a checkpoint loads from anywhere
+        overrides["imports"] = [
+            str(Path(m).resolve()) if m.endswith(".py") else m for m in args.imports
+        ]
     last = Path(args.out) / "last.pt"
     if args.resume and last.exists() and args.preset is None:
         # Continue with the run's own settings; only how long and how often may change.
@@ -107,7 +140,7 @@ def cmd_show(args: argparse.Namespace) -> None:
     from sqair_pyro.show import show_checkpoint
 
     paths = show_checkpoint(
-        args.checkpoint,
+        args.checkpoint or default_checkpoint(),
         args.data,
         args.out,
         num_sequences=args.sequences,
@@ -123,7 +156,7 @@ def cmd_addition(args: argparse.Namespace) -> None:
     from sqair_pyro.addition import addition_checkpoint
 
     report = addition_checkpoint(
-        args.checkpoint,
+        args.checkpoint or default_checkpoint(),
         args.data,
         num_train=args.train_sequences,
         num_test=args.test_sequences,
@@ -230,10 +263,17 @@ def cmd_curves(args: argparse.Namespace) -> None:
     print(f"figure written to {plot_runs(args.out, runs, args.title)}")
 
 
-def _threads(text: str) -> int:
+def _non_negative(text: str) -> int:
     value = int(text)
     if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 (torch's default) or more, got {text}")
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
 
 
@@ -263,11 +303,44 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("make-data", help="generate moving multi-MNIST (train.npz, test.npz)")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--train-size", type=int, default=60000)
-    p.add_argument("--test-size", type=int, default=10000)
+    p.add_argument("--train-size", type=_non_negative, default=60000)
+    p.add_argument("--test-size", type=_non_negative, default=10000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mnist-dir", type=Path, help="directory with the four MNIST IDX files")
+    p.add_argument("--frames", type=_positive, default=10, help="frames per sequence")
+    p.add_argument("--min-digits", type=_non_negative, default=0, help="fewest digits")
+    p.add_argument("--max-digits", type=_non_negative, default=2, help="most digits")
+    p.add_argument(
+        "--canvas", type=_positive, nargs=2, default=[50, 50], metavar=("H", "W"), help="pixels"
+    )
+    p.add_argument(
+        "--max-speed", type=_non_negative_float, default=10.0, help="pixels per frame, per axis"
+    )
+    p.add_argument(
+        "--max-acceleration", type=_non_negative_float, default=3.0, help="pixels per frame^2"
+    )
+    p.add_argument(
+        "--acceleration-noise", type=_non_negative_float, default=0.01, help="its noise's std"
+    )
     p.set_defaults(func=cmd_make_data)
+
+    p = sub.add_parser(
+        "import-frames",
+        help="a video file or a folder of images as a data file (frames only, no ground truth)",
+    )
+    p.add_argument("source", type=Path, help="a video OpenCV reads, or a folder of images")
+    p.add_argument("--out", type=Path, required=True, help="data file to write (.npz)")
+    p.add_argument(
+        "--size", type=_positive, nargs=2, default=[50, 50], metavar=("H", "W"), help="resize to"
+    )
+    p.add_argument("--colour", action="store_true", help="keep colour (default: grey)")
+    p.add_argument("--length", type=_positive, default=10, help="frames per sequence (T)")
+    p.add_argument(
+        "--stride", type=_positive, help="frames between sequence starts (default: --length)"
+    )
+    p.add_argument("--every", type=_positive, default=1, help="keep every n-th frame")
+    p.add_argument("--max-sequences", type=_positive, help="stop after this many sequences")
+    p.set_defaults(func=cmd_import_frames)
 
     p = sub.add_parser("train", help="train a model with SVI")
     p.add_argument(
@@ -284,7 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, logs)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--threads", type=_threads, default=0, help="torch threads (0: torch's default)")
+    p.add_argument(
+        "--threads", type=_non_negative, default=0, help="torch threads (0: torch's default)"
+    )
     p.add_argument("--steps", type=int)
     p.add_argument("--objective", choices=["vimco", "reinforce", "tracegraph"])
     p.add_argument("--optimizer", choices=["adam", "rmsprop"])
@@ -298,7 +373,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=_parse_override,
         action="append",
         metavar="KEY=VALUE",
-        help="override any config field, e.g. --set curriculum_every=500",
+        help="override any config field, e.g. --set curriculum_every=500 or "
+        "--set model.discovery_prior=geometric",
+    )
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        metavar="MODULE",
+        help="a module (name or .py file) that registers components of your own",
     )
     p.set_defaults(func=cmd_train)
 
@@ -326,7 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=10, help="sequences per batch")
     p.add_argument("--chunk-size", type=int, default=100, help="particles drawn at once")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--threads", type=_threads, default=0, help="torch threads (0: torch's default)")
+    p.add_argument(
+        "--threads", type=_non_negative, default=0, help="torch threads (0: torch's default)"
+    )
     p.add_argument("--iou-threshold", type=float, default=0.5, help="IoU of a match (MOTA, IDF1)")
     p.add_argument(
         "--boxes",
@@ -349,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="figures and GIFs: reconstructions, glimpses, prior samples, conditional "
         "generation, training curves",
     )
-    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--checkpoint", type=Path, help="default: the best shipped pretrained model")
     p.add_argument(
         "--data", type=Path, required=True, help="data file (.npz), or a directory: its test.npz"
     )
@@ -359,13 +444,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--run", type=Path, help="run directory with metrics.csv (default: the checkpoint's)"
     )
-    p.add_argument("--threads", type=_threads, default=0, help="torch threads (0: torch's default)")
+    p.add_argument(
+        "--threads", type=_non_negative, default=0, help="torch threads (0: torch's default)"
+    )
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser(
         "addition", help="the paper's addition probe: digit sums from the latents (App. D.4)"
     )
-    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--checkpoint", type=Path, help="default: the best shipped pretrained model")
     p.add_argument("--data", type=Path, required=True, help="directory with train.npz and test.npz")
     p.add_argument("--train-sequences", type=int, default=2000, help="first N of train.npz")
     p.add_argument("--test-sequences", type=int, default=500, help="first N of test.npz")
@@ -378,7 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="also write the report as JSON")
-    p.add_argument("--threads", type=_threads, default=0, help="torch threads (0: torch's default)")
+    p.add_argument(
+        "--threads", type=_non_negative, default=0, help="torch threads (0: torch's default)"
+    )
     p.set_defaults(func=cmd_addition)
 
     p = sub.add_parser(
@@ -397,7 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--match-iou", type=float, default=0.5, help="IoU to match objects to digits")
     p.add_argument("--classifier", type=Path, help="digit classifier (default: the shipped one)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=_threads, default=0, help="torch threads (0: torch's default)")
+    p.add_argument(
+        "--threads", type=_non_negative, default=0, help="torch threads (0: torch's default)"
+    )
     p.set_defaults(func=cmd_forecast)
 
     p = sub.add_parser(
@@ -422,7 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive, default=6)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mnist-dir", type=Path, help="directory with the four MNIST IDX files")
-    p.add_argument("--threads", type=_threads, default=0, help="torch threads (0: torch's default)")
+    p.add_argument(
+        "--threads", type=_non_negative, default=0, help="torch threads (0: torch's default)"
+    )
     p.set_defaults(func=cmd_train_digits)
     return parser
 

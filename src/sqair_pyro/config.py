@@ -1,4 +1,14 @@
-"""One config object holds every hyper-parameter; it is saved inside every checkpoint."""
+"""One config object holds every hyper-parameter; it is saved inside every checkpoint.
+
+Its fields are grouped in three sections, ``model`` (the generative program and its
+components), ``guide`` (the inference networks) and ``training``, plus ``imports`` (modules
+that register components of one's own, :mod:`sqair_pyro.registry`). :meth:`Config.to_dict`
+writes the nested form that checkpoints and reports store; :meth:`Config.from_dict` reads it
+and the flat form of older checkpoints; a key may be written ``section.field`` (e.g.
+``model.discovery_prior``) anywhere a field name is accepted. Components (``model``,
+``encoder``, ``discovery_prior``, ``propagation_prior``, ``likelihood``) are registered names,
+or ``{"name": ..., **arguments}``.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +16,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from sqair_pyro.registry import spec
 
 #: Fields that must be > 0.
 POSITIVE = (
@@ -17,9 +29,6 @@ POSITIVE = (
 OPEN_INTERVALS = {"geometric_rho": (0, 1), "categorical_init_rho": (0, 1)}
 #: Fields with a fixed set of values.
 CHOICES = {
-    "model": ("air", "sqair"),
-    "encoder": ("mlp", "conv"),
-    "discovery_prior": ("categorical", "geometric"),
     "objective": ("vimco", "reinforce", "tracegraph"),
     "optimizer": ("adam", "rmsprop"),
     "clip": ("global", "group"),
@@ -44,8 +53,12 @@ def _has_type(value: Any, annotation: str) -> bool:
             return len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value)
         if option.startswith("list[int]") and isinstance(value, list | tuple):
             return all(isinstance(v, int) for v in value)
+        if option.startswith("list[str]") and isinstance(value, list | tuple):
+            return all(isinstance(v, str) for v in value)
         if option.startswith("dict[str, float]") and isinstance(value, dict):
             return all(isinstance(k, str) and isinstance(v, int | float) for k, v in value.items())
+        if option.startswith("dict[str, Any]") and isinstance(value, dict):
+            return isinstance(value.get("name"), str)
     return False
 
 
@@ -53,16 +66,19 @@ def _has_type(value: Any, annotation: str) -> bool:
 class Config:
     """Architecture and training settings (defaults: MLP-SQAIR, paper App. D)."""
 
-    # What to build.
-    model: str = "sqair"  # "air" or "sqair"
-    encoder: str = "mlp"  # "mlp" or "conv"
+    # What to build: registered components (sqair_pyro.registry), each a name or
+    # {"name": ..., **arguments}.
+    model: str | dict[str, Any] = "sqair"  # "air" or "sqair"
+    encoder: str | dict[str, Any] = "mlp"  # "mlp" or "conv"
     image_size: tuple[int, int] = (50, 50)
     glimpse_size: tuple[int, int] = (20, 20)
     max_objects: int = 3
     z_what_dim: int = 50
     hidden: int = 256
     obs_sd: float = 0.3
-    discovery_prior: str = "categorical"  # or "geometric"
+    discovery_prior: str | dict[str, Any] = "categorical"  # or "geometric"
+    propagation_prior: str | dict[str, Any] = "gru"
+    likelihood: str | dict[str, Any] = "additive_st"
     geometric_rho: float = 0.5  # continue probability of the geometric discovery prior
     categorical_init_rho: float | None = None  # start the categorical prior as a geometric
     # p^D(z_where) of new objects: scale logit mean and sd, shift sd (unconstrained z_where).
@@ -115,6 +131,9 @@ class Config:
     validate_every: int = 1000
     validation_size: int = 500
     early_stopping_patience: int = 10  # validations without improvement before stopping
+    # Modules (names or .py paths) that register components of one's own; imported again
+    # whenever a checkpoint of this config is loaded.
+    imports: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -153,23 +172,71 @@ class Config:
                     f"config {name} must be one of {', '.join(choices)}, got {value!r}"
                 )
 
+    @property
+    def model_name(self) -> str:
+        """``ENCODER-MODEL`` as the paper names models, e.g. ``MLP-SQAIR``."""
+        return f"{spec(self.encoder)[0].upper()}-{spec(self.model)[0].upper()}"
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The nested form: ``{"model": {"name": ..., ...}, "guide": {...}, "training": {...},
+        "imports": [...]}``."""
+        flat = dataclasses.asdict(self)
+        nested: dict[str, Any] = {"imports": flat.pop("imports")}
+        for section, names in SECTIONS.items():
+            nested[section] = {_SHORT.get(name, name): flat.pop(name) for name in names}
+        nested["training"] = flat  # every other field is a training setting
+        return nested
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Config:
-        values = dict(values)
-        for key in ("image_size", "glimpse_size"):
-            if key in values:
-                values[key] = tuple(values[key])
+        """A config from :meth:`to_dict`'s nested form or the flat form of older checkpoints."""
+        if isinstance(values.get("training"), dict):  # nested: every section is a dict
+            values = {
+                _field(section, name): value
+                for section, fields in values.items()
+                if section != "imports"
+                for name, value in fields.items()
+            } | {"imports": values.get("imports", [])}
         return cls().replace(**values)
 
     def replace(self, **changes: Any) -> Config:
+        """A copy with some fields changed; keys are field names or ``section.field``."""
+        changes = {
+            _field(*key.split(".", 1)) if "." in key else key: value
+            for key, value in changes.items()
+        }
         known = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(changes) - known)
         if unknown:
             raise ValueError(f"unknown config keys {unknown}; known keys: {sorted(known)}")
         return dataclasses.replace(self, **changes)
+
+
+#: The fields of the model and guide sections (all others are training settings).
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "model": (
+        "model", "encoder", "image_size", "glimpse_size", "max_objects", "z_what_dim", "hidden",
+        "obs_sd", "discovery_prior", "geometric_rho", "categorical_init_rho",
+        "where_scale_logit", "where_scale_sd", "where_shift_sd", "survive_bias",
+        "propagation_prior", "likelihood",
+    ),
+    "guide": ("propagation_pres_bias", "discovery_pres_bias", "what_scale_offset"),
+}  # fmt: skip
+#: Fields named otherwise inside their section: the model section's component is its name.
+_SHORT = {"model": "name"}
+_LONG = {("model", short): name for name, short in _SHORT.items()}
+
+
+def _field(section: str, name: str) -> str:
+    """The field that ``name`` of ``section`` stands for; ``ValueError`` if it is not there."""
+    name = _LONG.get((section, name), name)
+    if section in SECTIONS and name in SECTIONS[section]:
+        return name
+    in_sections = {n for names in SECTIONS.values() for n in names}
+    fields = {f.name for f in dataclasses.fields(Config)}
+    if section == "training" and name in fields - in_sections - {"imports"}:
+        return name
+    raise ValueError(f"unknown config key {section}.{name}; sections: model, guide, training")
 
 
 #: What made MLP-AIR learn on a CPU budget (docs/results.md, "MLP-AIR recipe"): a sparse

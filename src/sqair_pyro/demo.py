@@ -50,5 +50,5 @@ def run_demo(
     if reports:
         print(markdown_table(reports))
     else:
-        print("no shipped checkpoint found in sqair_pyro/models/pretrained")
+        print("no shipped checkpoint found in sqair_pyro/weights")
     return out

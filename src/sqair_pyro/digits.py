@@ -5,7 +5,7 @@ is the digit the real object is. :class:`DigitClassifier` is trained on the MNIS
 digits, independently of any SQAIR model, on inputs made to look like glimpses
 (:func:`glimpse_like`): the digit at a random zoom and offset inside a 20x20 window, blurred
 and dimmed at random, as a decoder's output is. Its accuracy on the MNIST test digits is stored
-with its weights (``models/pretrained/digit-classifier.pt``).
+with its weights (``src/sqair_pyro/weights/digit-classifier.pt``).
 """
 
 from __future__ import annotations

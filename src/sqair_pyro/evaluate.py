@@ -38,7 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sqair_pyro.config import Config
-from sqair_pyro.data import check_frames
+from sqair_pyro.data import available, check_frames, load_npz, normalise_arrays, split_file
 from sqair_pyro.infer import estimate_log_px
 from sqair_pyro.nn.spatial_transformer import place, where_to_transform
 from sqair_pyro.predict import boxes_and_ids
@@ -79,7 +79,12 @@ PAPER_TABLE1: list[dict[str, Any]] = [
          counting_accuracy=None, addition=None),
 ]  # fmt: skip
 
-_DATA_KEYS = ("images", "counts", "boxes", "visible", "labels")
+#: What each part of the report needs beyond the frames (skipped when a file lacks it).
+USES = {
+    "counting accuracy (paper's)": ("labels",),
+    "counting accuracy (visible)": ("counts",),
+    "tracking metrics": ("boxes", "visible"),
+}
 
 
 # ------------------------------------------------------------------------------ counting
@@ -232,15 +237,10 @@ def log_px(
 # ---------------------------------------------------------------------------- evaluate
 
 
-def _check_arrays(arrays: Mapping[str, np.ndarray], config: Config) -> None:
-    missing = [key for key in _DATA_KEYS if key not in arrays]
-    if missing:
-        raise ValueError(f"data arrays lack {', '.join(missing)}; is this a moving-MNIST file?")
-    check_frames(arrays["images"], config.image_size)
-
-
 def _warn_if_more_objects_than_slots(arrays: Mapping[str, np.ndarray], config: Config) -> None:
-    """One line on stderr when some frame holds more digits than the model has slots."""
+    """One line on stderr when some frame holds more objects than the model has slots."""
+    if "counts" not in arrays:
+        return
     most = int(np.max(arrays["counts"])) if np.size(arrays["counts"]) else 0
     if most > config.max_objects:
         share = float(np.mean(np.asarray(arrays["counts"]) > config.max_objects))
@@ -249,10 +249,6 @@ def _warn_if_more_objects_than_slots(arrays: Mapping[str, np.ndarray], config: C
             f"{config.max_objects} slots; {share:.1%} of frames cannot be counted right",
             file=sys.stderr,
         )
-
-
-def _model_name(config: Config) -> str:
-    return f"{config.encoder.upper()}-{config.model.upper()}"
 
 
 def _mean_and_se(values: list[torch.Tensor]) -> tuple[float, float]:
@@ -304,12 +300,13 @@ def evaluate(
         raise ValueError(f"cannot evaluate a model of kind {config.model!r}")
     if box_mode not in ("content", "window"):
         raise ValueError(f"unknown box mode {box_mode!r}; choose 'content' or 'window'")
-    if not isinstance(arrays, Mapping):
-        from sqair_pyro.data import load_npz
-
+    if isinstance(arrays, Mapping):
+        arrays = normalise_arrays(arrays, data or "the data arrays")
+    else:
         data = data or str(arrays)
         arrays = load_npz(arrays)
-    _check_arrays(arrays, config)
+    check_frames(arrays["images"], config.image_size)
+    has = available(arrays, USES, data or "the data")
     _warn_if_more_objects_than_slots(arrays, config)
     for name, value in (
         ("num_particles", num_particles),
@@ -361,44 +358,54 @@ def evaluate(
             ids = per_frame_ids(ids.reshape(b, num_frames, n))
         all_boxes.append(boxes)
         all_ids.append(ids)
-        sequence_digits = num_digits(arrays["labels"][start:stop])
-        hits.append(counting_hits(z_pres, sequence_digits))
-        hits_visible.append(counting_hits(z_pres, arrays["counts"][start:stop]))
+        if has["counting accuracy (paper's)"]:
+            sequence_digits = num_digits(arrays["labels"][start:stop])
+            hits.append(counting_hits(z_pres, sequence_digits))
+            digits.append(sequence_digits)
+        if has["counting accuracy (visible)"]:
+            hits_visible.append(counting_hits(z_pres, arrays["counts"][start:stop]))
         inferred.append(z_pres.squeeze(-1).sum(-1).round().long())
-        digits.append(sequence_digits)
 
         estimate = log_px(model, guide, inputs, num_particles, chunk_size)
         sums["log_px"].append(per_sequence(estimate))
         bar.set_postfix(log_px=f"{torch.cat(sums['log_px']).mean().item():.1f}")
     bar.close()
 
-    hits_t, visible_t = torch.cat(hits), torch.cat(hits_visible)
-    digits_t = torch.cat(digits)
-    by_count = {str(int(c)): hits_t[digits_t == c].float().mean().item() for c in digits_t.unique()}
-    tracking = tracking_metrics(
-        torch.cat(all_boxes),
-        torch.cat(all_ids),
-        arrays["boxes"][:num_sequences],
-        arrays["visible"][:num_sequences],
-        (height, width),
-        iou_threshold=iou_threshold,
+    counting: dict[str, Any] = dict.fromkeys(
+        ("counting_accuracy", "counting_accuracy_visible", "counting_accuracy_by_digits")
     )
-    tracking.pop("num_sequences")
+    if hits:
+        hits_t, digits_t = torch.cat(hits), torch.cat(digits)
+        counting["counting_accuracy"] = hits_t.float().mean().item()
+        counting["counting_accuracy_by_digits"] = {
+            str(int(c)): hits_t[digits_t == c].float().mean().item() for c in digits_t.unique()
+        }
+    if hits_visible:
+        counting["counting_accuracy_visible"] = torch.cat(hits_visible).float().mean().item()
+    tracking: dict[str, Any] = {}  # no ground-truth boxes: no tracking keys in the report
+    if has["tracking metrics"]:
+        tracking = tracking_metrics(
+            torch.cat(all_boxes),
+            torch.cat(all_ids),
+            arrays["boxes"][:num_sequences],
+            arrays["visible"][:num_sequences],
+            (height, width),
+            iou_threshold=iou_threshold,
+        )
+        tracking.pop("num_sequences")
     report: dict[str, Any] = {"format": REPORT_FORMAT, "version": REPORT_VERSION}
     for key, values in sums.items():
         report[key], report[f"{key}_se"] = _mean_and_se(values)
     report["elbo"] = report["log_px_given_z"] - report["kl"]
     report.update(
-        counting_accuracy=hits_t.float().mean().item(),
-        counting_accuracy_visible=visible_t.float().mean().item(),
-        counting_accuracy_by_digits=by_count,
+        **counting,
         mean_inferred_count=torch.cat(inferred).float().mean().item(),
         new_objects_per_frame=new_objects_per_frame(torch.cat(all_ids)),
         **tracking,
         iou_threshold=float(iou_threshold),
         box_mode=box_mode,
         content_threshold=float(content_threshold),
-        model_name=_model_name(config),
+        model_name=config.model_name,
         num_sequences=num_sequences,
         num_particles=int(num_particles),
         num_frames=int(num_frames),
@@ -421,7 +428,6 @@ def evaluate_checkpoint(
     a sqair-pyro checkpoint, ``FileNotFoundError``/``ValueError`` for bad data.
     """
     from sqair_pyro.checkpoint import load_checkpoint
-    from sqair_pyro.data import load_npz, split_file
 
     data_path = split_file(data_path, "test")
     device = str(kwargs.get("device", "cpu"))

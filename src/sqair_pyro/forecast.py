@@ -20,6 +20,7 @@ IoU >= ``match_iou``) and then followed by identity.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -32,8 +33,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sqair_pyro.config import Config
-from sqair_pyro.data import check_frames
-from sqair_pyro.digits import GLIMPSE, classify
+from sqair_pyro.data import available, check_frames, load_npz, normalise_arrays, split_file
+from sqair_pyro.digits import GLIMPSE, NUM_CLASSES, classify
 from sqair_pyro.evaluate import predicted_boxes
 from sqair_pyro.predict import imagine, reconstruct
 from sqair_pyro.tracking import box_iou
@@ -42,6 +43,8 @@ REPORT_FORMAT = "sqair-pyro-forecast"
 #: The paper's Fig. 6 setting: three frames seen, the rest imagined.
 NUM_OBSERVED = 3
 _DATA_KEYS = ("images", "boxes", "visible", "labels")
+#: What the report needs beyond the frames: motion (required) and the digit class check.
+USES = {"motion errors": ("boxes", "visible"), "class kept": ("labels",)}
 
 
 def centres(boxes: np.ndarray) -> np.ndarray:
@@ -98,7 +101,7 @@ def score_objects(
     boxes, ids = predicted_boxes(model, dict(latents), image_size, "content")
     boxes, ids = boxes.numpy(), ids.numpy()
     classes = _glimpse_classes(model, classifier, latents["z_what"])
-    true_boxes, visible, labels = arrays["boxes"], arrays["visible"], arrays["labels"]
+    true_boxes, visible, labels = arrays["boxes"], arrays["visible"], arrays.get("labels")
     batch, num_frames, num_digits = visible.shape
     last = num_observed - 1
     horizons = num_frames - num_observed
@@ -120,7 +123,7 @@ def score_objects(
                     continue
                 slot = slots[0]
                 present[b, m, h] = True
-                kept[b, m, h] = classes[b, t, slot] == labels[b, m]
+                kept[b, m, h] = labels is not None and classes[b, t, slot] == labels[b, m]
                 distance[b, m, h] = np.linalg.norm(
                     centres(boxes[b, t, slot]) - centres(true_boxes[b, t, m])
                 )
@@ -154,14 +157,21 @@ def _ratios(totals: np.ndarray, counts: np.ndarray) -> list[float | None]:
     return [float(t / c) if c else None for t, c in zip(totals, counts, strict=True)]
 
 
-def _check_arrays(arrays: Mapping[str, np.ndarray], config: Config, num_observed: int) -> None:
-    missing = [key for key in _DATA_KEYS if key not in arrays]
-    if missing:
-        raise ValueError(
-            f"forecast metrics need {', '.join(_DATA_KEYS)}; the data lack {', '.join(missing)}"
-        )
+def _check_arrays(
+    arrays: Mapping[str, np.ndarray], config: Config, num_observed: int, source: str
+) -> bool:
+    """Raise ``ValueError`` for data or a model the forecast cannot score; return whether the
+    digit classes can be judged (``labels`` are MNIST classes 0..9)."""
+    has = available(arrays, USES, source)
+    if not has["motion errors"]:
+        raise ValueError("forecast metrics need the ground-truth 'boxes' and 'visible' arrays")
     check_frames(arrays["images"], config.image_size)
-    if tuple(config.glimpse_size) != (GLIMPSE, GLIMPSE):
+    digits = has["class kept"] and int(np.max(arrays["labels"], initial=0)) < NUM_CLASSES
+    if has["class kept"] and not digits:
+        print(
+            f"note: {source} has labels beyond the digits 0-9: skipping class kept", file=sys.stderr
+        )
+    if digits and tuple(config.glimpse_size) != (GLIMPSE, GLIMPSE):
         raise ValueError(
             f"the digit classifier reads {GLIMPSE}x{GLIMPSE} glimpses; this model's are "
             f"{config.glimpse_size[0]}x{config.glimpse_size[1]}"
@@ -173,6 +183,7 @@ def _check_arrays(arrays: Mapping[str, np.ndarray], config: Config, num_observed
     num_frames = arrays["images"].shape[1]
     if not 0 < num_observed < num_frames:
         raise ValueError(f"observed frames must be in 1..{num_frames - 1}, got {num_observed}")
+    return digits
 
 
 @torch.no_grad()
@@ -188,9 +199,12 @@ def forecast(
     match_iou: float = 0.5,
     seed: int = 0,
     progress: bool = True,
+    source: str = "the data",
 ) -> dict[str, Any]:
-    """The forecast report of a SQAIR model on moving-MNIST ``arrays`` (see the module doc)."""
-    _check_arrays(arrays, config, num_observed)
+    """The forecast report of a SQAIR model on ``arrays`` with ground-truth boxes (see the
+    module doc); ``kept`` is None without digit labels."""
+    arrays = normalise_arrays(arrays, source)
+    digits = _check_arrays(arrays, config, num_observed, source)
     if batch_size < 1:
         raise ValueError(f"batch size must be positive, got {batch_size}")
     total = (
@@ -208,7 +222,9 @@ def forecast(
     for start in tqdm(range(0, total, batch_size), disable=not progress, desc="forecast"):
         index = slice(start, min(start + batch_size, total))
         images = torch.from_numpy(np.asarray(arrays["images"][index])).float() / 255
-        batch_arrays = {key: np.asarray(arrays[key][index]) for key in _DATA_KEYS}
+        batch_arrays = {key: np.asarray(arrays[key][index]) for key in _DATA_KEYS if key in arrays}
+        if not digits:
+            batch_arrays.pop("labels", None)
         imagined = imagine(model, guide, images[:, :num_observed], num_frames - num_observed)
         imagined = {key: value[0] for key, value in imagined.items()}
         seen = reconstruct(model, guide, images)
@@ -235,7 +251,8 @@ def forecast(
         report[f"{name}_pairs"] = pairs.tolist()
         for key in ("present", "kept"):
             hits = (data[f"{name}_{key}"] & valid).sum((0, 1))
-            report[f"{name}_{key}"] = _ratios(hits, pairs)
+            ratios = _ratios(hits, pairs)
+            report[f"{name}_{key}"] = ratios if key == "present" or digits else [None] * len(pairs)
     # Distances over the pairs where the imagined object is drawn, baselines on the same pairs.
     drawn = data["imagined_valid"] & data["imagined_present"]
     report["distance_pairs"] = drawn.sum((0, 1)).tolist()
@@ -258,13 +275,13 @@ def forecast_checkpoint(
     """:func:`forecast` a checkpoint on a data file (a directory means its ``test.npz``) with
     the shipped digit classifier or the one at ``classifier_path``."""
     from sqair_pyro.checkpoint import load_checkpoint
-    from sqair_pyro.data import load_npz, split_file
     from sqair_pyro.digits import load_classifier
 
     data_path = split_file(data_path, "test")
     config, model, guide, payload = load_checkpoint(path)
     arrays = load_npz(data_path)
     classifier, classifier_report = load_classifier(classifier_path)
+    kwargs.setdefault("source", str(data_path))
     report = forecast(model, guide, config, arrays, classifier, **kwargs)
     report.update(
         checkpoint=str(path),

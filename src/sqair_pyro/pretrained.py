@@ -1,4 +1,5 @@
-"""Checkpoints shipped with the package, in ``models/pretrained/`` (``sqair_pyro.models``).
+"""Checkpoints shipped with the package, in ``src/sqair_pyro/weights/`` (package data; the
+program packages ``models/`` and ``guides/`` hold only the probabilistic programs).
 
 Each ``NAME.pt`` holds a config and the weights only (no optimiser state); ``NAME.json``
 beside it holds the metrics measured on it and the command that measured them.
@@ -18,9 +19,7 @@ from sqair_pyro.config import Config
 
 
 def _pretrained_dir() -> Path:
-    import sqair_pyro.models
-
-    return Path(sqair_pyro.models.__file__).resolve().parent / "pretrained"
+    return Path(__file__).resolve().parent / "weights"
 
 
 #: The shipped MNIST digit classifier (:mod:`sqair_pyro.digits`), which is not a model.

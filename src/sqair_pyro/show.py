@@ -66,12 +66,6 @@ SQAIR_ONLY = ("glimpses.png", "conditional_generation.png", "conditional_generat
 NUM_OBSERVED = 3
 
 
-def _check_arrays(arrays: Mapping[str, np.ndarray], config: Config) -> None:
-    if "images" not in arrays:
-        raise ValueError("the data arrays hold no 'images'; is this a moving-MNIST file?")
-    check_frames(arrays["images"], config.image_size)
-
-
 def select_sequences(arrays: Mapping[str, np.ndarray], num_sequences: int, seed: int) -> list[int]:
     """``num_sequences`` sequence indices drawn with ``seed``, sorted; sequences that show at
     least one digit are preferred (empty ones only if there are too few others)."""
@@ -236,7 +230,7 @@ def figure_data(
     :returns: ``indices`` (the sequences shown), ``reconstruction``, ``glimpses`` (SQAIR; None
         for AIR), ``prior`` and ``conditional`` (SQAIR with more than 3 frames; else None).
     """
-    _check_arrays(arrays, config)
+    check_frames(arrays["images"], config.image_size)
     indices = select_sequences(arrays, num_sequences, seed)
     images = _images(arrays, indices)
     num_frames = images.shape[1]
@@ -339,7 +333,7 @@ def write_figures(
 
     out_dir = Path(out_dir)
     data = figure_data(model, guide, config, arrays, num_sequences, seed)
-    name = f"{config.encoder.upper()}-{config.model.upper()}"
+    name = config.model_name
     air = config.model == "air"
     indices = data["indices"]
     written: list[Path] = []
@@ -515,7 +509,7 @@ def show_checkpoint(
     data_path = split_file(data_path, "test")
     config, model, guide, _ = load_checkpoint(checkpoint)
     arrays = load_npz(data_path)
-    _check_arrays(arrays, config)
+    check_frames(arrays["images"], config.image_size)
     if run_dir is None:
         run_dir = Path(checkpoint).parent
     return write_figures(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import csv
+import dataclasses
 import math
 import signal
 import threading
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 from sqair_pyro.build import build
 from sqair_pyro.checkpoint import read_checkpoint, save_checkpoint
 from sqair_pyro.config import Config
-from sqair_pyro.data import load_npz, split_file
+from sqair_pyro.data import available, check_frames, load_npz, split_file
 from sqair_pyro.infer import VIMCO_ELBO
 from sqair_pyro.nn.precision import keep_float32_outputs, matmul_precision
 from sqair_pyro.optim import clip_by_component, components
@@ -174,23 +175,30 @@ class SequenceBatches:
     """
 
     def __init__(self, arrays: dict[str, np.ndarray], frames_as_images: bool, seed: int) -> None:
-        images = arrays["images"]
+        images, counts = arrays["images"], arrays.get("counts")
         self.frames_as_images = frames_as_images
-        self.images = images.reshape(-1, *images.shape[2:]) if frames_as_images else images
-        self.counts = arrays["counts"].reshape(-1) if frames_as_images else arrays["counts"]
+        if frames_as_images:
+            images = images.reshape(-1, *images.shape[2:])
+            counts = None if counts is None else counts.reshape(-1)
+        self.images, self.counts = images, counts
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def get(self, index: np.ndarray, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images in [0, 1] and per-frame visible counts of the given rows."""
-        images, counts = self.images[index], self.counts[index]
+    def get(self, index: np.ndarray, num_frames: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Images in [0, 1] and per-frame visible counts (None without them) of the given rows."""
+        images = self.images[index]
+        counts = None if self.counts is None else self.counts[index]
         if not self.frames_as_images:
-            images, counts = images[:, :num_frames], counts[:, :num_frames]
-        return torch.from_numpy(images).float() / 255, torch.from_numpy(counts)
+            images = images[:, :num_frames]
+            counts = None if counts is None else counts[:, :num_frames]
+        return (
+            torch.from_numpy(images).float() / 255,
+            None if counts is None else torch.from_numpy(counts),
+        )
 
-    def sample(self, batch_size: int, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, batch_size: int, num_frames: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         index = torch.randint(len(self), (batch_size,), generator=self.generator).numpy()
         return self.get(np.sort(index), num_frames)
 
@@ -208,11 +216,14 @@ class _Capture:
         return latents
 
 
-def counting_accuracy(z_pres: torch.Tensor, counts: torch.Tensor) -> float:
-    """Fraction of (particle, frame) pairs whose number of present objects equals ``counts``.
+def counting_accuracy(z_pres: torch.Tensor, counts: torch.Tensor | None) -> float:
+    """Fraction of (particle, frame) pairs whose number of present objects equals ``counts``
+    (nan without counts).
 
     ``z_pres`` (..., N, 1) or (..., T, N, 1) with leading particle dims; ``counts`` (B,) or (B, T).
     """
+    if counts is None:
+        return math.nan
     inferred = z_pres.squeeze(-1).sum(-1)
     return (inferred == counts.to(inferred.dtype)).float().mean().item()
 
@@ -260,7 +271,7 @@ class Trainer:
         self.elapsed_s = 0.0
         self.validations_without_improvement = 0
 
-    def step(self, images: torch.Tensor, counts: torch.Tensor) -> dict[str, float]:
+    def step(self, images: torch.Tensor, counts: torch.Tensor | None = None) -> dict[str, float]:
         """One SVI step on a batch; returns the bound per datum and the counting accuracy."""
         images = images.to(self.device)
         later = self.step_count >= self.config.propagation_warmup_steps
@@ -369,7 +380,8 @@ class Trainer:
         """Continue exactly where the checkpoint at ``path`` stopped."""
         payload = read_checkpoint(path, map_location=str(self.device))
         # Keys added since the checkpoint was written take their defaults.
-        before, now = Config.from_dict(payload["config"]).to_dict(), self.config.to_dict()
+        before = dataclasses.asdict(Config.from_dict(payload["config"]))
+        now = dataclasses.asdict(self.config)
         changed = sorted(k for k in now if before.get(k) != now[k] and k not in RESUMABLE_CHANGES)
         if changed:
             raise ValueError(
@@ -504,7 +516,7 @@ def split_validation(
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Hold out the last ``size`` training sequences for validation (never the test split)."""
     size = min(size, len(arrays["images"]) // 5)
-    keys = ("images", "counts")
+    keys = [key for key in ("images", "counts") if key in arrays]
     return (
         {k: arrays[k][: len(arrays[k]) - size] for k in keys},
         {k: arrays[k][len(arrays[k]) - size :] for k in keys},
@@ -533,6 +545,8 @@ def train(
     last, best = out_dir / "last.pt", out_dir / "best.pt"
     data = split_file(data_dir, "train")
     arrays = load_npz(data)
+    check_frames(arrays["images"], config.image_size)
+    available(arrays, {"training counting accuracy": ("counts",)}, str(data))
     if len(arrays["images"]) < MIN_SEQUENCES:
         raise ValueError(
             f"{data}: training needs at least {MIN_SEQUENCES} sequences (a fifth, up to "

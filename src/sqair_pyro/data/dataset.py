@@ -1,4 +1,4 @@
-"""Torch dataset over a moving multi-MNIST data file."""
+"""Torch dataset over a data file of any video (:mod:`sqair_pyro.data.format`)."""
 
 from __future__ import annotations
 
@@ -11,31 +11,28 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .moving_mnist import MovingMNISTConfig, load_npz, read_metadata, validate_arrays
+from .format import load_npz, normalise_arrays, read_metadata
 
-__all__ = ["MovingMNISTDataset"]
+__all__ = ["VideoDataset", "check_frames"]
 
 
-class MovingMNISTDataset(Dataset):
-    """Sequences from a ``.npz`` written by :func:`~sqair_pyro.data.moving_mnist.save_npz`.
+class VideoDataset(Dataset):
+    """Sequences of a data file. An item is a float32 tensor ``[T, H, W]`` (``[T, H, W, C]``
+    for colour) with values ``images / 255`` in ``[0, 1]``.
 
-    An item is a float32 tensor ``[T, H, W]`` with values ``images / 255`` in ``[0, 1]``. The
-    frames stay in memory as uint8 and are converted per item (or per batch with
+    The frames stay in memory as uint8 and are converted per item (or per batch with
     :meth:`get_batch`), so no float copy of the whole set is ever made.
 
     Args:
-        path_or_arrays: path of the data file, or the dict returned by ``generate``/``load_npz``.
+        path_or_arrays: path of the data file, or a dict of its arrays.
         num_frames: keep only the first ``num_frames`` frames (``None``: all), e.g. for a
             sequence-length curriculum. The ground-truth arrays are cropped the same way.
 
     Attributes:
-        images: uint8 ``[N, T, H, W]``.
-        counts: int64 ``[N, T]`` number of visible digits per frame.
-        boxes: float32 ``[N, T, M, 4]`` visible ``(x, y, w, h)`` per digit slot, zeros if hidden.
-        visible: bool ``[N, T, M]``.
-        labels: int64 ``[N, M]`` digit classes, -1 for empty slots.
-        config: the :class:`MovingMNISTConfig` the data was generated with.
-        metadata: the parsed ``config`` JSON (seed, source, format version, config).
+        images: uint8 ``[N, T, H, W]`` or ``[N, T, H, W, C]``.
+        ground_truth: the optional arrays the file has (``counts``, ``boxes``, ``visible``,
+            ``labels``), cropped to ``num_frames``.
+        metadata: the parsed ``metadata`` JSON (``{}`` when there is none).
         path: the file path, or ``None`` when built from arrays.
     """
 
@@ -45,8 +42,7 @@ class MovingMNISTDataset(Dataset):
         num_frames: int | None = None,
     ) -> None:
         if isinstance(path_or_arrays, Mapping):
-            arrays = {k: np.asarray(v) for k, v in path_or_arrays.items()}
-            validate_arrays(arrays)
+            arrays = normalise_arrays(path_or_arrays)
             self.path: Path | None = None
         else:
             self.path = Path(path_or_arrays)
@@ -60,19 +56,20 @@ class MovingMNISTDataset(Dataset):
         t = self.num_frames
         # Views, not copies: slicing the time axis keeps the uint8 buffer shared.
         self.images: np.ndarray = arrays["images"][:, :t]
-        self.counts: np.ndarray = arrays["counts"][:, :t]
-        self.boxes: np.ndarray = arrays["boxes"][:, :t]
-        self.visible: np.ndarray = arrays["visible"][:, :t]
-        self.labels: np.ndarray = arrays["labels"]
+        self.ground_truth: dict[str, np.ndarray] = {
+            key: arrays[key] if key == "labels" else arrays[key][:, :t]
+            for key in ("counts", "boxes", "visible", "labels")
+            if key in arrays
+        }
         self.metadata: dict[str, Any] = read_metadata(arrays)
-        self.config: MovingMNISTConfig = self.metadata["config"]
 
     def __len__(self) -> int:
         return len(self.images)
 
     @property
-    def frame_shape(self) -> tuple[int, int]:
-        return tuple(self.images.shape[2:])  # type: ignore[return-value]
+    def frame_shape(self) -> tuple[int, ...]:
+        """``(H, W)``, or ``(H, W, C)`` for colour."""
+        return tuple(self.images.shape[2:])
 
     @staticmethod
     def _to_float(frames: np.ndarray) -> torch.Tensor:
@@ -88,18 +85,18 @@ class MovingMNISTDataset(Dataset):
         return self._to_float(self.images[np.asarray(indices, dtype=np.int64)])
 
     def targets(self, index: int) -> dict[str, np.ndarray]:
-        """Ground truth of one sequence: counts, boxes, visible, labels."""
-        return {
-            "counts": self.counts[index],
-            "boxes": self.boxes[index],
-            "visible": self.visible[index],
-            "labels": self.labels[index],
-        }
+        """The ground truth of one sequence (only the arrays the file has)."""
+        return {key: value[index] for key, value in self.ground_truth.items()}
 
 
 def check_frames(images: np.ndarray, image_size: tuple[int, int]) -> None:
     """Raise a clear ``ValueError`` unless ``images`` is a non-empty [N, T, H, W] stack of
-    frames of ``image_size`` (what a model built for that size can read)."""
+    grey frames of ``image_size`` (what a model built for that size can read)."""
+    if images.ndim == 5:
+        raise ValueError(
+            f"frames have {images.shape[-1]} colour channels but the model reads grey frames "
+            "(import them with `sqair-pyro import-frames --grey`)"
+        )
     if images.ndim != 4:
         raise ValueError(f"images must be [N, T, H, W], got shape {tuple(images.shape)}")
     if tuple(images.shape[2:]) != tuple(image_size):

@@ -18,19 +18,15 @@ object's identity) its visible box ``(x, y, width, height)`` in pixels (the non-
 land inside the canvas; zeros when none do), a visibility flag, the per-frame count of visible
 digits and the class labels (``-1`` for an empty slot).
 
-On-disk format: one compressed ``.npz`` per split with the arrays listed in
-:data:`REQUIRED_KEYS` (see :func:`validate_arrays`); ``config`` is a 0-d unicode array holding a
-JSON document with the generator configuration and provenance.
+This generator is one writer of the data format of :mod:`sqair_pyro.data.format`: it writes
+every ground-truth array, and the ``metadata`` JSON holds its configuration and provenance.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
-import uuid
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,32 +34,21 @@ from typing import Any
 
 import numpy as np
 
+from .format import metadata_array, save_npz
+
 __all__ = [
     "FORMAT_VERSION",
-    "REQUIRED_KEYS",
     "MovingMNISTConfig",
     "crop_boxes",
     "generate",
-    "load_npz",
     "make_data",
     "motion_step",
-    "read_metadata",
     "reflect",
-    "save_npz",
     "simulate_motion",
-    "validate_arrays",
 ]
 
-FORMAT_VERSION = 1
-
-#: key -> (dtype, ndim) of the arrays every data file must contain.
-REQUIRED_KEYS: dict[str, tuple[np.dtype, int]] = {
-    "images": (np.dtype(np.uint8), 4),  # [N, T, H, W]
-    "counts": (np.dtype(np.int64), 2),  # [N, T]
-    "boxes": (np.dtype(np.float32), 4),  # [N, T, M, 4] (x, y, w, h)
-    "visible": (np.dtype(np.bool_), 3),  # [N, T, M]
-    "labels": (np.dtype(np.int64), 2),  # [N, M]
-}
+#: 2: the JSON array is called ``metadata`` (``config`` in version 1) and ground truth is optional.
+FORMAT_VERSION = 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -482,8 +467,8 @@ def generate(
         chunk_size: sequences rendered at once (memory vs. speed).
 
     Returns:
-        The on-disk arrays (see :func:`validate_arrays`): ``images``, ``counts``, ``boxes``,
-        ``visible``, ``labels``, ``config``; plus the trajectory arrays when requested.
+        The arrays of a data file (:mod:`sqair_pyro.data.format`): ``images``, ``counts``,
+        ``boxes``, ``visible``, ``labels``, ``metadata``; plus the trajectory arrays when requested.
     """
     config = MovingMNISTConfig() if config is None else config
     digits = np.asarray(digits)
@@ -537,7 +522,7 @@ def generate(
         "boxes": boxes,
         "visible": visible,
         "labels": seq_labels,
-        "config": _metadata_array(config, seed_seq, num, source),
+        "metadata": _metadata_array(config, seed_seq, num, source),
     }
     if return_trajectories:
         out.update(motion)
@@ -550,185 +535,16 @@ def generate(
 def _metadata_array(
     config: MovingMNISTConfig, seed: np.random.SeedSequence, num: int, source: str | None
 ) -> np.ndarray:
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "generator": "sqair_pyro.data.moving_mnist.generate",
-        "config": config.to_dict(),
-        "num_sequences": num,
-        "seed": {"entropy": seed.entropy, "spawn_key": list(seed.spawn_key)},
-        "source": source,
-    }
-    return np.array(json.dumps(meta, sort_keys=True))
-
-
-def read_metadata(arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """Parse the ``config`` JSON of a data file; ``meta["config"]`` becomes a config object."""
-    meta = json.loads(str(np.asarray(arrays["config"])[()]))
-    meta["config"] = MovingMNISTConfig.from_dict(meta["config"])
-    return meta
-
-
-# --------------------------------------------------------------------------------------------
-# Files
-# --------------------------------------------------------------------------------------------
-
-
-def validate_arrays(
-    arrays: Mapping[str, np.ndarray], source: str | os.PathLike = "<arrays>"
-) -> None:
-    """Check the data-file format; raise ``ValueError`` naming ``source`` and the problem.
-
-    Required keys, dtypes and shapes (``N`` sequences, ``T`` frames, ``M`` digit slots):
-
-    - ``images`` uint8 ``[N, T, H, W]``;
-    - ``counts`` int64 ``[N, T]``, equal to ``visible.sum(-1)``;
-    - ``boxes`` float32 ``[N, T, M, 4]``, ``(x, y, w, h)`` inside the canvas with ``w, h >= 1``
-      where visible, all zero where not;
-    - ``visible`` bool ``[N, T, M]``, false in empty slots;
-    - ``labels`` int64 ``[N, M]`` in 0..9, -1 for an empty slot;
-    - ``config`` 0-d unicode array with the JSON metadata (config consistent with the shapes).
-
-    Other keys are allowed (e.g. trajectories).
-    """
-
-    def fail(message: str) -> None:
-        raise ValueError(f"{source}: {message}")
-
-    missing = [k for k in (*REQUIRED_KEYS, "config") if k not in arrays]
-    if missing:
-        fail(f"missing key(s) {', '.join(repr(k) for k in missing)}")
-    for key, (dtype, ndim) in REQUIRED_KEYS.items():
-        a = arrays[key]
-        if a.dtype != dtype:
-            fail(f"array {key!r} has dtype {a.dtype}, expected {dtype}")
-        if a.ndim != ndim:
-            fail(f"array {key!r} has shape {a.shape}, expected {ndim} dimensions")
-    images, counts, boxes = arrays["images"], arrays["counts"], arrays["boxes"]
-    visible, labels, config = arrays["visible"], arrays["labels"], arrays["config"]
-    n, t, h, w = images.shape
-    m = labels.shape[1]
-    expected = {
-        "counts": (n, t),
-        "boxes": (n, t, m, 4),
-        "visible": (n, t, m),
-        "labels": (n, m),
-    }
-    for key, shape in expected.items():
-        if arrays[key].shape != shape:
-            fail(
-                f"array {key!r} has shape {arrays[key].shape}, expected {shape} "
-                f"(from images {images.shape} and labels {labels.shape})"
-            )
-    if config.dtype.kind != "U" or config.ndim != 0:
-        fail(f"array 'config' must be a 0-d unicode string, got {config.dtype} {config.shape}")
-    try:
-        meta = read_metadata(arrays)
-    except (ValueError, TypeError, KeyError) as err:
-        fail(f"array 'config' is not valid generator metadata ({err})")
-    cfg = meta["config"]
-    if cfg.canvas_size != (h, w) or cfg.max_digits != m or cfg.num_frames < t:
-        fail(
-            f"config (canvas {cfg.canvas_size}, max_digits {cfg.max_digits}, num_frames "
-            f"{cfg.num_frames}) does not match arrays (canvas {(h, w)}, {m} slots, {t} frames)"
-        )
-    if labels.size and (labels.min() < -1 or labels.max() > 9):
-        fail(f"array 'labels' has values in [{labels.min()}, {labels.max()}], expected -1..9")
-    if (visible & (labels < 0)[:, None, :]).any():
-        fail("array 'visible' marks an empty slot (label -1) as visible")
-    if not np.array_equal(counts, visible.sum(axis=-1)):
-        fail("array 'counts' differs from visible.sum(-1)")
-    if not np.isfinite(boxes).all():
-        fail("array 'boxes' has non-finite values")
-    if (boxes[~visible] != 0).any():
-        fail("array 'boxes' is non-zero where the digit is not visible")
-    vb = boxes[visible]
-    if vb.size:
-        x, y, bw, bh = vb.T
-        if (bw < 1).any() or (bh < 1).any():
-            fail("array 'boxes' has a visible box with width or height < 1")
-        if (x < 0).any() or (y < 0).any() or (x + bw > w).any() or (y + bh > h).any():
-            fail(f"array 'boxes' has a visible box outside the {h}x{w} canvas")
-
-
-def save_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> Path:
-    """Validate and write ``arrays`` with ``np.savez_compressed``, atomically (temp + rename)."""
-    path = Path(path)
-    arrays = {k: np.asarray(v) for k, v in arrays.items()}
-    validate_arrays(arrays, source=f"{path} (before saving)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique temp name opened normally (mkstemp would force mode 0600 instead of the umask).
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(tmp, "xb") as f:
-            np.savez_compressed(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-#: Leading bytes of files people pass as data by mistake, and what they are.
-_MAGIC = (
-    (b"\x89PNG", "a PNG image"),
-    (b"\xff\xd8\xff", "a JPEG image"),
-    (b"GIF8", "a GIF image"),
-    (b"\x1a\x45\xdf\xa3", "a Matroska/WebM video"),
-    (b"\x93NUMPY", "a single .npy array"),
-    (b"\x80", "a Python pickle (sqair-pyro never loads pickles)"),
-)
-
-
-def _file_kind(head: bytes) -> str:
-    """What a file that is not an .npz archive looks like, from its first bytes."""
-    for magic, kind in _MAGIC:
-        if head.startswith(magic):
-            return kind
-    if head[4:8] == b"ftyp":
-        return "an MP4/MOV video"
-    if head.startswith(b"RIFF"):
-        return {b"AVI ": "an AVI video", b"WAVE": "a WAV sound"}.get(head[8:12], "a RIFF file")
-    if not head:
-        return "an empty file"
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError:
-        return "binary data of an unknown kind"
-    return "text"
-
-
-def split_file(path: str | os.PathLike, split: str) -> Path:
-    """A data file given as itself, or as the directory that holds ``{split}.npz``."""
-    path = Path(path)
-    return path / f"{split}.npz" if path.is_dir() else path
-
-
-def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read and validate a data file written by :func:`save_npz`.
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file is unreadable or its arrays violate :func:`validate_arrays`.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"moving-MNIST data file not found: {path}")
-    with path.open("rb") as f:
-        head = f.read(12)
-    if not head.startswith(b"PK"):
-        raise ValueError(
-            f"{path} is not a data file: expected a .npz archive of arrays (as `sqair-pyro "
-            f"make-data` writes), found {_file_kind(head)}"
-        )
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as err:
-        raise ValueError(f"{path}: not a readable .npz data file ({err})") from err
-    validate_arrays(arrays, source=path)
-    return arrays
+    return metadata_array(
+        {
+            "format_version": FORMAT_VERSION,
+            "generator": "sqair_pyro.data.moving_mnist.generate",
+            "config": config.to_dict(),
+            "num_sequences": num,
+            "seed": {"entropy": seed.entropy, "spawn_key": list(seed.spawn_key)},
+            "source": source,
+        }
+    )
 
 
 def make_data(
