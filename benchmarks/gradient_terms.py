@@ -59,9 +59,7 @@ def main() -> None:
     pyro.set_rng_seed(args.seed)
     config, model, guide, _ = load_checkpoint(args.checkpoint)
     elbo = make_objective(config)
-    batches = SequenceBatches(
-        load_npz(args.data), frames_as_images=config.model == "air", seed=args.seed
-    )
+    batches = SequenceBatches(load_npz(args.data), config.num_frames, seed=args.seed)
     named = [(f"model.{n}", p) for n, p in model.named_parameters()]
     named += [(f"guide.{n}", p) for n, p in guide.named_parameters()]
     params = [p for _, p in named]

@@ -248,7 +248,7 @@ def load_batches(data_dir: Path, config: Config, frames: int) -> SequenceBatches
     available = arrays["images"].shape[1]
     if config.model == "sqair" and available < frames:
         raise SystemExit(f"{data_dir}/train.npz has {available} frames; {frames} needed")
-    return SequenceBatches(arrays, frames_as_images=config.model == "air", seed=config.seed)
+    return SequenceBatches(arrays, config.num_frames, seed=config.seed)
 
 
 def _status_mib(field: str) -> float | None:

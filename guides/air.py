@@ -23,7 +23,8 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from sqair_pyro.models.air import LATENTS
+from sqair_pyro.models.air import as_sequences
+from sqair_pyro.models.state import SlotStack
 from sqair_pyro.nn.modules import BernoulliHead, GaussianHead, bcat
 from sqair_pyro.nn.rows import Rows
 from sqair_pyro.nn.spatial_transformer import glimpse, where_to_transform
@@ -99,7 +100,7 @@ class DiscoveryRNN(nn.Module):
         z_what = context.new_zeros(*batch, self.z_what_dim)
         z_where = context.new_zeros(*batch, 4)
         z_pres = context.new_ones(*batch, 1)
-        latents: dict[str, list[torch.Tensor]] = {name: [] for name in (*LATENTS, "features")}
+        latents = SlotStack()
         for i in range(self.max_objects):
             # Slot i may hold a new object only where slot i - 1 did and, with num_free, only
             # if fewer than N - P_t were found (Eq. 8); elsewhere z_pres^i = 0 for sure, so
@@ -136,9 +137,8 @@ class DiscoveryRNN(nn.Module):
                 dist.Normal(rows.scatter(loc), rows.scatter(scale, 1.0)).to_event(1).mask(present),
             )
             features = rows.scatter(features)
-            for name, value in zip(latents, (z_pres, z_where, z_what, features), strict=True):
-                latents[name].append(value)
-        return {name: torch.stack(values, dim=-2) for name, values in latents.items()}
+            latents.append(z_pres=z_pres, z_where=z_where, z_what=z_what, features=features)
+        return latents.stacked()
 
 
 class AIRGuide(nn.Module):
@@ -150,10 +150,13 @@ class AIRGuide(nn.Module):
         self.discovery = discovery
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Infer the latents of ``images`` (B, H, W); returns them stacked, (..., N, ·)."""
+        """Infer the latents of ``images``, stacked: (B, T, H, W) sequences, every frame
+        on its own (B * T data, latents (..., B, T, N, ·) with per-frame identities, as
+        :class:`~sqair_pyro.models.air.AIRModel`), or (B, H, W) images (latents (..., B, N, ·))."""
         pyro.module("air_guide", self)
-        with pyro.plate("data", images.shape[0], dim=-1):
-            encoding = self.image_encoder(images)  # (B, hidden), once per image
-            latents = self.discovery(images, encoding, None, lambda kind, i: f"{kind}_{i}")
+        frames = images.flatten(0, 1) if images.dim() == 4 else images
+        with pyro.plate("data", frames.shape[0], dim=-1):
+            encoding = self.image_encoder(frames)  # (B, hidden), once per image
+            latents = self.discovery(frames, encoding, None, lambda kind, i: f"{kind}_{i}")
         latents.pop("features")
-        return latents
+        return as_sequences(latents, *images.shape[:2]) if images.dim() == 4 else latents

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from sqair_pyro.guides.air import DiscoveryRNN, baseline_options
-from sqair_pyro.models.state import ObjectState, compact
+from sqair_pyro.models.state import ObjectState, SlotStack, compact
 from sqair_pyro.nn.modules import MLP, BernoulliHead, GaussianHead, bcat
 from sqair_pyro.nn.rows import Rows
 from sqair_pyro.nn.spatial_transformer import glimpse, where_to_transform
@@ -121,11 +121,12 @@ class SQAIRGuide(nn.Module):
         self.max_objects = max_objects
         self.z_what_dim = z_what_dim
         self.hidden = hidden
-        #: Mirrors :attr:`SQAIRModel.discover_after_first_frame`; both must agree.
-        self.discover_after_first_frame = True
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Infer the latents of ``images`` (B, T, H, W); returns them as (..., T, N, ·)."""
+    def forward(
+        self, images: torch.Tensor, discover_after_first_frame: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """Infer the latents of ``images`` (B, T, H, W); returns them as (..., T, N, ·).
+        ``discover_after_first_frame``: the model's training phase of the same name."""
         pyro.module("sqair_guide", self)
         batch, num_frames = images.shape[:2]
         with pyro.plate("data", batch, dim=-1):
@@ -141,7 +142,11 @@ class SQAIRGuide(nn.Module):
                 else:
                     propagated, temporal = state.latents(), state.hidden
                 num_propagated = propagated["z_pres"].sum((-2, -1))
-                discovered = self.discover(image, encoding, propagated, num_propagated, t)
+                # The training phase: no new objects after the first frame.
+                may_discover = t == 0 or discover_after_first_frame
+                discovered = self.discover(
+                    image, encoding, propagated, num_propagated, t, may_discover
+                )
                 new_temporal = self.propagation.initial_temporal_state(discovered)
                 state = compact(state, propagated, temporal, discovered, new_temporal)
                 history.append(state)
@@ -155,7 +160,7 @@ class SQAIRGuide(nn.Module):
         relation = encoding.new_zeros(*encoding.shape[:-1], self.hidden)
         last_what = encoding.new_zeros(*encoding.shape[:-1], self.z_what_dim)  # z^j_t
         last_where = encoding.new_zeros(*encoding.shape[:-1], 4)
-        latents: dict[str, list[torch.Tensor]] = {"z_pres": [], "z_where": [], "z_what": []}
+        latents = SlotStack()
         temporal_states = []
         for i in range(state.num_slots):
             was_present = state.z_pres[..., i, :]  # (..., 1)
@@ -202,11 +207,9 @@ class SQAIRGuide(nn.Module):
             relation = torch.where(keep, rows.scatter(w_relation), relation)
             last_what = torch.where(keep, z_what, last_what)
             last_where = torch.where(keep, z_where, last_where)
-            for name, value in zip(latents, (z_pres, z_where, z_what), strict=True):
-                latents[name].append(value)
+            latents.append(z_pres=z_pres, z_where=z_where, z_what=z_what)
             temporal_states.append(rows.scatter(temporal))
-        stacked = {name: torch.stack(values, dim=-2) for name, values in latents.items()}
-        return stacked, torch.stack(temporal_states, dim=-2)
+        return latents.stacked(), torch.stack(temporal_states, dim=-2)
 
     def discover(
         self,
@@ -215,13 +218,15 @@ class SQAIRGuide(nn.Module):
         propagated: dict[str, torch.Tensor],
         num_propagated: torch.Tensor,
         t: int,
+        may_discover: bool = True,
     ) -> dict[str, torch.Tensor]:
-        """Inference for discovery (Alg. 3), conditioned on the propagated objects (Eq. 6)."""
+        """Inference for discovery (Alg. 3), conditioned on the propagated objects (Eq. 6);
+        ``may_discover=False`` leaves no free slot."""
         summary = (
             propagated["z_pres"] * self.summary(bcat([propagated["z_what"], propagated["z_where"]]))
         ).sum(-2)
         num_free = self.max_objects - num_propagated
-        if t > 0 and not self.discover_after_first_frame:
+        if not may_discover:
             num_free = torch.zeros_like(num_free)
         return self.discovery(
             image,

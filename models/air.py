@@ -16,7 +16,7 @@ One image, up to ``N`` objects::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import pyro
 import pyro.distributions as dist
@@ -25,9 +25,7 @@ from torch import nn
 
 from sqair_pyro.models.likelihood import AdditiveSTLikelihood
 from sqair_pyro.models.priors import DiscoveryPrior, WhatWherePrior
-
-#: The latent variables of an object, in the order the tensors are stacked.
-LATENTS = ("z_pres", "z_where", "z_what")
+from sqair_pyro.models.state import SlotStack
 
 
 def discover(
@@ -40,7 +38,7 @@ def discover(
     :returns: ``z_pres`` (..., N, 1), ``z_where`` (..., N, 4), ``z_what`` (..., N, D).
     """
     z_pres = torch.ones_like(rho[..., :1])
-    latents: dict[str, list[torch.Tensor]] = {name: [] for name in LATENTS}
+    latents = SlotStack()
     for i in range(rho.shape[-1]):
         # Slot i holds a new object only if slot i - 1 did (stick breaking of Eq. 8).
         z_pres = pyro.sample(
@@ -55,13 +53,36 @@ def discover(
             site("z_what", i),
             dist.Normal(prior.what_loc, prior.what_scale).to_event(1).mask(present),
         )
-        for name, value in zip(LATENTS, (z_pres, z_where, z_what), strict=True):
-            latents[name].append(value)
-    return {name: torch.stack(values, dim=-2) for name, values in latents.items()}
+        latents.append(z_pres=z_pres, z_where=z_where, z_what=z_what)
+    return latents.stacked()
+
+
+def frame_ids(z_pres: torch.Tensor) -> torch.Tensor:
+    """Identities (..., T, N) for a model that tracks nothing (AIR): every present object of
+    every frame gets a new one (``t * N + slot``), absent ones -1."""
+    num_frames, n = z_pres.shape[-3:-1]
+    fresh = torch.arange(num_frames * n, device=z_pres.device).reshape(num_frames, n)
+    return torch.where(z_pres[..., 0] != 0, fresh, -1)
+
+
+def as_sequences(latents: Mapping[str, torch.Tensor], batch: int, num_frames: int) -> dict:
+    """Per-image results (..., B * T, ·, ·) of AIR run on every frame, back as sequences
+    (..., B, T, ·, ·), with per-frame identities (:func:`frame_ids`)."""
+    out = {key: value.unflatten(-3, (batch, num_frames)) for key, value in latents.items()}
+    return dict(out, ids=frame_ids(out["z_pres"]))
 
 
 class AIRModel(nn.Module):
-    """``p_theta(x, z)`` of AIR; the priors and the likelihood are components."""
+    """``p_theta(x, z)`` of AIR; the priors and the likelihood are components.
+
+    It reads what SQAIR reads, sequences (B, T, H, W), and explains each frame on its own:
+    the B * T frames are the data plate (each frame its own datum, as the paper trains and
+    evaluates AIR), and the latents come back as (..., B, T, N, ·) with per-frame identities.
+    Single images (B, H, W) give (..., B, N, ·).
+    """
+
+    #: No temporal prior: no identities across frames, no imagined futures.
+    temporal = False
 
     def __init__(
         self,
@@ -76,12 +97,31 @@ class AIRModel(nn.Module):
         self.what_where_prior = what_where_prior
         self.likelihood = likelihood
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Run the generative story with ``images`` (B, H, W) observed at site ``x``."""
+    def forward(
+        self,
+        images: torch.Tensor | None,
+        num_frames: int | None = None,
+        batch_size: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Run the generative story with ``images`` (B, T, H, W) or (B, H, W) observed at
+        site ``x``; with ``images=None``, sample ``batch_size`` sequences of ``num_frames``
+        independent frames from the prior (the noise-free frames are ``canvas``)."""
         pyro.module("air_model", self)
-        batch = images.shape[0]
+        if images is None:
+            if batch_size is None or num_frames is None:
+                raise ValueError("without images, give num_frames and batch_size")
+            latents = self._images(None, batch_size * num_frames)
+            return as_sequences(latents, batch_size, num_frames)
+        if images.dim() == 4:
+            latents = self._images(images.flatten(0, 1), images.shape[0] * images.shape[1])
+            return as_sequences(latents, *images.shape[:2])
+        return self._images(images, images.shape[0])
+
+    def _images(self, images: torch.Tensor | None, batch: int) -> dict[str, torch.Tensor]:
+        """Eq. 1 for ``batch`` independent images, observed when ``images`` is given."""
+        device = self.what_where_prior.what_loc.device
         with pyro.plate("data", batch, dim=-1):
-            rho = self.discovery_prior.continue_probs(images.new_zeros(batch), t=0)  # (B, N)
+            rho = self.discovery_prior.continue_probs(torch.zeros(batch, device=device), t=0)
             latents = discover(rho, self.what_where_prior, lambda kind, i: f"{kind}_{i}")
             canvas = self.likelihood.render(
                 latents["z_what"], latents["z_where"], latents["z_pres"]

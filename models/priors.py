@@ -46,7 +46,8 @@ class DiscoveryPrior(nn.Module):
 
 
 class CategoricalDiscoveryPrior(DiscoveryPrior):
-    """Learnable categorical over ``0..N`` new objects (Eq. 8 and REFERENCE §3).
+    """Learnable categorical over ``0..N`` new objects (Eq. 8; biases as in the authors'
+    original implementation).
 
     ``logits = base + [t > 0] * bias_no_new * onehot(0) + MLP(P_t)``: the time-step bias
     favours "no new objects" after the first frame (starts at +10 on zero). Counts above

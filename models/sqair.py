@@ -31,7 +31,7 @@ from torch import nn
 from sqair_pyro.models.air import discover
 from sqair_pyro.models.likelihood import AdditiveSTLikelihood
 from sqair_pyro.models.priors import DiscoveryPrior, PropagationPrior, WhatWherePrior
-from sqair_pyro.models.state import ObjectState, compact
+from sqair_pyro.models.state import ObjectState, SlotStack, compact
 
 
 def propagate(
@@ -43,7 +43,7 @@ def propagate(
     """
     hidden = prior.update(state.z_what, state.z_where, state.hidden, state.z_pres)  # (..., N, H)
     survive, where_loc, where_scale, what_loc, what_scale = prior(hidden, state)
-    latents: dict[str, list[torch.Tensor]] = {"z_pres": [], "z_where": [], "z_what": []}
+    latents = SlotStack()
     for i in range(state.num_slots):
         # Only objects present at t-1 are propagated; an absent one never comes back (the
         # delta of Eq. 10), so every site of an absent slot is masked out. A vanishing object
@@ -62,9 +62,8 @@ def propagate(
             f"z_what_prop_{t}_{i}",
             dist.Normal(what_loc[..., i, :], what_scale[..., i, :]).to_event(1).mask(alive),
         )
-        for name, value in zip(latents, (z_pres, z_where, z_what), strict=True):
-            latents[name].append(value)
-    return {name: torch.stack(values, dim=-2) for name, values in latents.items()}, hidden
+        latents.append(z_pres=z_pres, z_where=z_where, z_what=z_what)
+    return latents.stacked(), hidden
 
 
 class SQAIRModel(nn.Module):
@@ -75,6 +74,9 @@ class SQAIRModel(nn.Module):
     :param propagation_prior: ``p^P(z_t | z_{t-1})`` (Eq. 9-10).
     :param likelihood: the additive spatial-transformer likelihood (Alg. 1).
     """
+
+    #: A temporal prior: objects keep identities across frames, and futures can be imagined.
+    temporal = True
 
     def __init__(
         self,
@@ -90,21 +92,22 @@ class SQAIRModel(nn.Module):
         self.what_where_prior = what_where_prior
         self.propagation_prior = propagation_prior
         self.likelihood = likelihood
-        #: False restricts discovery to the first frame, so that every later frame must be
-        #: explained by propagation: a training phase after a warm start from AIR, whose
-        #: discovery would otherwise rediscover each object in each frame (see train.py).
-        self.discover_after_first_frame = True
 
     def forward(
         self,
         images: torch.Tensor | None,
         num_frames: int | None = None,
         batch_size: int | None = None,
+        discover_after_first_frame: bool = True,
     ) -> dict[str, torch.Tensor]:
         """The generative story, with frame ``t`` of ``images`` (B, T, H, W) observed at ``x_{t}``.
 
         With ``images=None`` it samples ``batch_size`` sequences of ``num_frames`` frames from
         the prior (returned as ``canvas``, the noise-free frames).
+        ``discover_after_first_frame=False`` is a training phase (the guide takes the same
+        argument): objects are discovered in the first frame only, so every later frame must
+        be explained by propagation, after a warm start from AIR whose discovery would
+        otherwise rediscover each object in each frame (see train.py).
         """
         pyro.module("sqair_model", self)
         if images is not None:
@@ -130,7 +133,7 @@ class SQAIRModel(nn.Module):
                 # Discovery (Eq. 7-8): up to N - P_t new objects.
                 num_propagated = propagated["z_pres"].sum((-2, -1))
                 rho = self.discovery_prior.continue_probs(num_propagated, t)
-                if t > 0 and not self.discover_after_first_frame:
+                if t > 0 and not discover_after_first_frame:
                     rho = torch.zeros_like(rho)  # training phase: objects only from frame 1
                 discovered = discover(
                     rho, self.what_where_prior, lambda kind, i, t=t: f"{kind}_disc_{t}_{i}"

@@ -122,3 +122,20 @@ def compact(
         for name, value in candidates.items()
     }
     return ObjectState(next_id=next_id.expand(*lead, 1, 1), **picked)
+
+
+class SlotStack:
+    """Per-slot values gathered one object slot at a time (the programs loop over slots),
+    then stacked along the slot dimension, -2: (..., N, ·)."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, list[torch.Tensor]] = {}
+
+    def append(self, **values: torch.Tensor) -> None:
+        """One slot's values, by name."""
+        for name, value in values.items():
+            self._values.setdefault(name, []).append(value)
+
+    def stacked(self) -> dict[str, torch.Tensor]:
+        """Every name's values stacked over the slots, in the order they were first given."""
+        return {name: torch.stack(values, dim=-2) for name, values in self._values.items()}

@@ -27,11 +27,11 @@ from sqair_pyro.evaluate import (
     log_px,
     markdown_table,
     num_digits,
-    per_frame_ids,
     predicted_boxes,
     save_report,
     single_sample_terms,
 )
+from sqair_pyro.models.air import frame_ids
 from sqair_pyro.tracking import tracking_metrics
 
 REQUIRED = {
@@ -202,13 +202,13 @@ def test_air_sums_its_frames_into_sequences(test_arrays):
 
 
 def test_air_identities_are_new_in_every_frame():
-    ids = torch.tensor([[[0, 1, -1], [0, -1, -1], [0, 1, 2]]])  # (S=1, T=3, N=3), AIR slots
-    fresh = per_frame_ids(ids)
+    z_pres = torch.tensor([[[1, 1, 0], [1, 0, 0], [1, 1, 1]]]).unsqueeze(-1)  # (S, T, N, 1)
+    fresh = frame_ids(z_pres)
     assert fresh.tolist() == [[[0, 1, -1], [3, -1, -1], [6, 7, 8]]]
     # Perfect boxes of one digit over 4 frames: 3 switches, no identity kept.
     gt = torch.tensor([10.0, 10.0, 10.0, 10.0]).expand(1, 4, 1, 4)
     visible = torch.ones(1, 4, 1, dtype=torch.bool)
-    result = tracking_metrics(gt, per_frame_ids(torch.zeros(1, 4, 1)), gt, visible, (50, 50))
+    result = tracking_metrics(gt, frame_ids(torch.ones(1, 4, 1, 1)), gt, visible, (50, 50))
     assert result["id_switches"] == 3 and result["misses"] == 0
     assert result["idf1"] == pytest.approx(1 / 4)
 

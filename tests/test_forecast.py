@@ -143,7 +143,7 @@ def test_bad_input_is_one_clear_error(arrays, tiny_data, tmp_path, capsys):
     with pytest.raises(ValueError, match="observed frames"):
         forecast(model, guide, config, arrays, clf, num_observed=10)
     air = small_config("mlp-air")
-    with pytest.raises(ValueError, match="propagation"):
+    with pytest.raises(ValueError, match="needs a model with a temporal prior"):
         forecast(*build(air), air, arrays, clf)
     checkpoint = save_checkpoint(tmp_path / "c.pt", config, model, guide)
     classifier = save_classifier(clf, {"test_accuracy_central": 0.1}, tmp_path / "d.pt")

@@ -52,7 +52,8 @@ def test_geometric_prior_is_geometric():
 
 
 def test_first_frame_prefers_objects_later_frames_prefer_none():
-    """The +10 time-step bias on "no new objects" after the first frame (REFERENCE §3)."""
+    """The +10 time-step bias on "no new objects" after the first frame (as in the authors'
+    original implementation)."""
     prior = CategoricalDiscoveryPrior(max_objects=3)
     rho0 = prior.continue_probs(torch.tensor([0]), 0)
     rho1 = prior.continue_probs(torch.tensor([0]), 1)

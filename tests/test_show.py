@@ -182,9 +182,10 @@ def test_air_skips_the_sqair_only_figures(arrays, tmp_path, capsys):
     num_frames = arrays["images"].shape[1]
     recon, prior = data["reconstruction"], data["prior"]
     assert recon["canvas"].shape == (2, num_frames, *config.image_size)
-    # AIR: frames inferred alone, the slot is the identity.
-    slots = np.broadcast_to(np.arange(config.max_objects), recon["ids"].shape)
-    np.testing.assert_array_equal(recon["ids"], np.where(recon["z_pres"][..., 0] > 0, slots, -1))
+    # AIR: frames inferred alone, every present object a new identity (t * N + slot).
+    n = config.max_objects
+    fresh = np.arange(num_frames * n).reshape(num_frames, n)
+    np.testing.assert_array_equal(recon["ids"], np.where(recon["z_pres"][..., 0] > 0, fresh, -1))
     # Independent prior images, arranged like sequences; the untrained prior draws objects.
     assert prior["canvas"].shape == (2, num_frames, *config.image_size)
     assert (prior["ids"] >= 0).any() and prior["canvas"].max() > 0

@@ -45,7 +45,7 @@ def _restored_rates(config, checkpoint, data_dir):
     """The learning rates of each parameter group of ``config`` restored from ``checkpoint``."""
     trainer = Trainer(config)
     arrays = train_module.load_npz(data_dir / "train.npz")
-    trainer.restore(checkpoint, train_module.SequenceBatches(arrays, False, seed=0))
+    trainer.restore(checkpoint, train_module.SequenceBatches(arrays, config.num_frames, seed=0))
     groups = trainer.optimizer.param_groups
     return sorted(g["lr"] for g in groups), sorted(g["initial_lr"] for g in groups)
 
@@ -223,19 +223,20 @@ def test_propagation_warmup_discovers_only_in_the_first_frame():
 
     config = small_config("mlp-sqair", propagation_warmup_steps=1, discovery_prior="categorical")
     trainer = Trainer(config)
+    assert trainer.phase() == {"discover_after_first_frame": False}  # warm-up
     frames = torch.rand(4, 3, 50, 50)
     trainer.step(frames, torch.zeros(4, 3, dtype=torch.long))
-    assert trainer.guide.discover_after_first_frame is False  # the step ran in warm-up
-    trainer.guide.discover_after_first_frame = False
-    pyro.set_rng_seed(0)
-    later = [
-        site["value"]
-        for name, site in pyro.poutine.trace(trainer.guide).get_trace(frames).nodes.items()
-        if name.startswith("z_pres_disc_") and not name.startswith("z_pres_disc_0_")
-    ]
-    assert later and all((value == 0).all() for value in later)
-    trainer.step(frames, torch.zeros(4, 3, dtype=torch.long))
-    assert trainer.guide.discover_after_first_frame and trainer.model.discover_after_first_frame
+    assert trainer.phase() == {"discover_after_first_frame": True}  # after one step
+    for program in (trainer.guide, trainer.model):
+        pyro.set_rng_seed(0)
+        trace = pyro.poutine.trace(program).get_trace(frames, discover_after_first_frame=False)
+        later = [
+            site["value"]
+            for name, site in trace.nodes.items()
+            if name.startswith("z_pres_disc_") and not name.startswith("z_pres_disc_0_")
+        ]
+        assert later and all((value == 0).all() for value in later)
+    assert Trainer(small_config("mlp-air")).phase() == {}  # no phase: no arguments
 
 
 def test_a_step_keeps_no_autograd_graph_alive():
@@ -441,3 +442,30 @@ def test_sigkill_at_random_moments_leaves_a_loadable_checkpoint(tiny_data, tmp_p
         process.wait(timeout=30)
         steps.append(read_checkpoint(out / "last.pt")["step"])  # loads, whatever the moment
     assert steps == sorted(steps) and steps[-1] > steps[0]
+
+
+def test_the_trainer_takes_any_model_guide_pair_and_objective():
+    """A pair built by hand (a discovery prior swapped in as an object) and Pyro's own
+    Trace_ELBO train, checkpoint and restore through the same Trainer."""
+    import pyro
+
+    from sqair_pyro.build import build
+    from sqair_pyro.models.priors import GeometricDiscoveryPrior
+
+    config = small_config("mlp-sqair")
+    model, guide = build(config)
+    model.discovery_prior = GeometricDiscoveryPrior(config.max_objects, 0.3)
+    objective = pyro.infer.Trace_ELBO(max_plate_nesting=1)
+    trainer = Trainer(
+        config,
+        programs=(model, guide),
+        objective=objective,
+        optimizer=lambda groups: torch.optim.SGD(groups, momentum=0.5),
+    )
+    assert trainer.model is model and trainer.elbo is objective
+    assert isinstance(trainer.optimizer, torch.optim.SGD)
+    frames = torch.rand(4, 3, 50, 50)
+    before = [p.detach().clone() for p in guide.parameters()]
+    metrics = trainer.step(frames)
+    assert math.isfinite(metrics["bound"]) and math.isnan(metrics["counting_accuracy"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, guide.parameters(), strict=True))

@@ -112,17 +112,15 @@ def extract_features(
     images = np.asarray(images)
     check_frames(images, config.image_size)
     pyro.set_rng_seed(seed)
-    num_seq, num_frames, height, width = images.shape
-    air = config.model == "air"
+    num_seq, num_frames = images.shape[:2]
     out = []
     starts = range(0, num_seq, batch_size)
     for start in tqdm(starts, disable=not progress, desc="latents", unit="batch"):
         frames = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
         frames = frames.float() / 255.0
         b = frames.shape[0]
-        inputs = frames.reshape(b * num_frames, height, width) if air else frames
         with PosteriorMeans() if features == "mean" else contextlib.nullcontext():
-            latents = guide(inputs)  # one posterior sample, (B[*T], [T,] N, .)
+            latents = guide(frames)  # one posterior sample, (B, T, N, .)
         per_frame = frame_features(latents["z_what"], latents["z_pres"])
         out.append(per_frame.reshape(b, num_frames, -1).float().cpu())
     return torch.cat(out)

@@ -21,10 +21,9 @@ from sqair_pyro.models.sqair import SQAIRModel
 from sqair_pyro.nn.modules import (
     MLP,
     ConvEncoder,
+    EncoderMLP,
     GlimpseDecoderMLP,
     GlimpseDecoderSubpixel,
-    GlimpseEncoderMLP,
-    ImageEncoderMLP,
     SharedCNN,
 )
 from sqair_pyro.registry import component, import_module, register
@@ -60,8 +59,8 @@ def mlp_networks(config: Config) -> tuple[nn.Module, nn.Module, nn.Module]:
     ``hidden`` units (MLP-SQAIR, App. D.1)."""
     hidden = config.hidden
     return (
-        ImageEncoderMLP(config.image_size, [hidden, hidden]),
-        GlimpseEncoderMLP(config.glimpse_size, [hidden, hidden]),
+        EncoderMLP(config.image_size, [hidden, hidden]),
+        EncoderMLP(config.glimpse_size, [hidden, hidden]),
         GlimpseDecoderMLP(config.z_what_dim, [hidden] * 3, config.glimpse_size),
     )
 

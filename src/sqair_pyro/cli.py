@@ -365,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=["adam", "rmsprop"])
     p.add_argument("--lr", type=float)
     p.add_argument("--clip-norm", type=float)
-    p.add_argument("--num-particles", type=int)
+    p.add_argument("--particles", dest="num_particles", type=int, help="K per datum")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument(

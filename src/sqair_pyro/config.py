@@ -85,12 +85,14 @@ class Config:
     where_scale_logit: float = 0.0
     where_scale_sd: float = 0.5
     where_shift_sd: float = 1.0
-    # Presence logit biases at initialisation (REFERENCE §3): the propagation prior's "object
-    # stays" (+10), the guide's propagated (+5) and discovered (+1) objects.
+    # Presence logit biases at initialisation, as in the authors' original implementation:
+    # the propagation prior's "object stays" (+10), the guide's propagated (+5) and
+    # discovered (+1) objects.
     survive_bias: float = 10.0
     propagation_pres_bias: float = 5.0
     discovery_pres_bias: float = 1.0
-    # Posterior scale offsets (softplus(raw + offset)): small initial variance (REFERENCE §3).
+    # Posterior scale offsets (softplus(raw + offset)): small initial variance, as in the
+    # authors' original implementation.
     what_scale_offset: float = 0.0
     # Training.
     objective: str = "vimco"  # "vimco", "reinforce" or "tracegraph"

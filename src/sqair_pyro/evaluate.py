@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import pyro
-import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
 from torch import nn
@@ -41,7 +40,7 @@ from sqair_pyro.config import Config
 from sqair_pyro.data import available, check_frames, load_npz, normalise_arrays, split_file
 from sqair_pyro.infer import estimate_log_px
 from sqair_pyro.nn.spatial_transformer import place, where_to_transform
-from sqair_pyro.predict import boxes_and_ids
+from sqair_pyro.predict import boxes_and_ids, replayed
 from sqair_pyro.tracking import new_objects_per_frame, tracking_metrics
 
 __all__ = [
@@ -54,7 +53,6 @@ __all__ = [
     "log_px",
     "markdown_table",
     "num_digits",
-    "per_frame_ids",
     "predicted_boxes",
     "save_report",
     "single_sample_terms",
@@ -156,24 +154,15 @@ def predicted_boxes(
     return boxes, torch.where(shown, ids, -1)
 
 
-def per_frame_ids(ids: torch.Tensor) -> torch.Tensor:
-    """Identities (S, T, N) for a model without any (AIR): every present object of every frame
-    gets a new one (``t * N + slot``), absent ones stay -1. Nothing is tracked across frames.
-    """
-    num_frames, n = ids.shape[-2:]
-    fresh = torch.arange(num_frames * n, device=ids.device).reshape(num_frames, n)
-    return torch.where(ids >= 0, fresh, -1)
-
-
 # ----------------------------------------------------------------- likelihood and KL
 
 
-def _per_datum(log_prob: torch.Tensor | float, batch: int) -> torch.Tensor:
-    """A site's log-probability as (batch,): every site lies in the data plate at dim -1."""
+def _per_datum(log_prob: torch.Tensor | float) -> torch.Tensor:
+    """A site's log-probability per element of the data plate, which lies at dim -1."""
     log_prob = torch.as_tensor(log_prob)
     if log_prob.dim() > 1:
         log_prob = log_prob.sum(tuple(range(log_prob.dim() - 1)))
-    return log_prob.expand(batch)
+    return log_prob
 
 
 @torch.no_grad()
@@ -183,22 +172,20 @@ def single_sample_terms(model: nn.Module, guide: nn.Module, images: torch.Tensor
     The guide is run once and the model replayed on its sample. Masked and scaled log-probs
     are those Pyro computes (``Trace.compute_log_prob``).
 
-    :param images: the model's input, (B, H, W) for AIR, (B, T, H, W) for SQAIR.
-    :returns: ``log_px_given_z`` (B,), ``kl`` (B,) and ``latents``, the model's return value
-        (``z_pres``, ``z_where``, ``z_what``, ``canvas`` and for SQAIR ``ids``).
+    :param images: the programs' input, e.g. (B, T, H, W).
+    :returns: ``log_px_given_z`` and ``kl`` per datum of the data plate ((B,) for SQAIR,
+        (B * T,) for AIR, whose data are frames), and ``latents``, the model's return value
+        (``z_pres``, ``z_where``, ``z_what``, ``canvas``, ``ids``).
     """
-    batch = images.shape[0]
-    guide_trace = poutine.trace(guide).get_trace(images)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(images)
+    guide_trace, model_trace = replayed(model, guide, images)
     guide_trace.compute_log_prob()
     model_trace.compute_log_prob()
-    log_px_given_z = images.new_zeros(batch)
-    log_p_z = images.new_zeros(batch)
-    log_q_z = images.new_zeros(batch)
+    zero = images.new_zeros(())
+    log_px_given_z, log_p_z, log_q_z = zero, zero, zero
     for site in model_trace.nodes.values():
         if site["type"] != "sample" or site_is_subsample(site):
             continue
-        lp = _per_datum(site["log_prob"], batch)
+        lp = _per_datum(site["log_prob"])
         if site["is_observed"]:
             log_px_given_z = log_px_given_z + lp
         else:
@@ -208,10 +195,11 @@ def single_sample_terms(model: nn.Module, guide: nn.Module, images: torch.Tensor
             continue
         if name not in model_trace.nodes:
             raise ValueError(f"guide site {name!r} is not in the model")
-        log_q_z = log_q_z + _per_datum(site["log_prob"], batch)
+        log_q_z = log_q_z + _per_datum(site["log_prob"])
+    shape = torch.broadcast_shapes(log_px_given_z.shape, log_p_z.shape, log_q_z.shape)
     return {
-        "log_px_given_z": log_px_given_z,
-        "kl": log_q_z - log_p_z,
+        "log_px_given_z": log_px_given_z.expand(shape),
+        "kl": (log_q_z - log_p_z).expand(shape),
         "latents": model_trace.nodes["_RETURN"]["value"],
     }
 
@@ -296,8 +284,6 @@ def evaluate(
     :returns: the report, a JSON-serialisable dict (see the module docstring for the
         metrics); means are over sequences, ``*_se`` their standard errors.
     """
-    if config.model not in ("air", "sqair"):
-        raise ValueError(f"cannot evaluate a model of kind {config.model!r}")
     if box_mode not in ("content", "window"):
         raise ValueError(f"unknown box mode {box_mode!r}; choose 'content' or 'window'")
     if isinstance(arrays, Mapping):
@@ -321,7 +307,6 @@ def evaluate(
     if int(num_sequences) != num_sequences or num_sequences < 1:
         raise ValueError(f"num_sequences must be a positive integer, got {num_sequences!r}")
     num_sequences = min(int(num_sequences), total)
-    air = config.model == "air"
     num_frames, height, width = arrays["images"].shape[1:]
     device = torch.device(device)
     model.to(device)
@@ -339,23 +324,17 @@ def evaluate(
         frames = torch.from_numpy(np.ascontiguousarray(arrays["images"][start:stop]))
         frames = frames.to(device=device, dtype=torch.float32) / 255
         b = stop - start
-        inputs = frames.reshape(b * num_frames, height, width) if air else frames
 
         def per_sequence(x: torch.Tensor, b: int = b) -> torch.Tensor:
-            x = x.detach().double().cpu()
-            return x.reshape(b, num_frames).sum(-1) if air else x
+            """Per datum -> per sequence: a model whose data are frames (AIR) sums them."""
+            return x.detach().double().cpu().reshape(b, -1).sum(-1)
 
-        terms = single_sample_terms(model, guide, inputs)
+        terms = single_sample_terms(model, guide, frames)
         sums["log_px_given_z"].append(per_sequence(terms["log_px_given_z"]))
         sums["kl"].append(per_sequence(terms["kl"]))
         latents = terms["latents"]
         boxes, ids = predicted_boxes(model, latents, (height, width), box_mode, content_threshold)
         boxes, ids, z_pres = boxes.cpu(), ids.cpu(), latents["z_pres"].detach().cpu()
-        if air:  # frames as images: back to sequences; every frame's objects are new
-            n = z_pres.shape[-2]
-            z_pres = z_pres.reshape(b, num_frames, n, 1)
-            boxes = boxes.reshape(b, num_frames, n, 4)
-            ids = per_frame_ids(ids.reshape(b, num_frames, n))
         all_boxes.append(boxes)
         all_ids.append(ids)
         if has["counting accuracy (paper's)"]:
@@ -366,7 +345,7 @@ def evaluate(
             hits_visible.append(counting_hits(z_pres, arrays["counts"][start:stop]))
         inferred.append(z_pres.squeeze(-1).sum(-1).round().long())
 
-        estimate = log_px(model, guide, inputs, num_particles, chunk_size)
+        estimate = log_px(model, guide, frames, num_particles, chunk_size)
         sums["log_px"].append(per_sequence(estimate))
         bar.set_postfix(log_px=f"{torch.cat(sums['log_px']).mean().item():.1f}")
     bar.close()

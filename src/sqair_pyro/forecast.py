@@ -158,7 +158,11 @@ def _ratios(totals: np.ndarray, counts: np.ndarray) -> list[float | None]:
 
 
 def _check_arrays(
-    arrays: Mapping[str, np.ndarray], config: Config, num_observed: int, source: str
+    arrays: Mapping[str, np.ndarray],
+    config: Config,
+    model: nn.Module,
+    num_observed: int,
+    source: str,
 ) -> bool:
     """Raise ``ValueError`` for data or a model the forecast cannot score; return whether the
     digit classes can be judged (``labels`` are MNIST classes 0..9)."""
@@ -176,9 +180,9 @@ def _check_arrays(
             f"the digit classifier reads {GLIMPSE}x{GLIMPSE} glimpses; this model's are "
             f"{config.glimpse_size[0]}x{config.glimpse_size[1]}"
         )
-    if config.model != "sqair":
+    if not getattr(model, "temporal", False):
         raise ValueError(
-            f"conditional generation needs a model with propagation, not {config.model}"
+            f"conditional generation needs a model with a temporal prior, not {config.model_name}"
         )
     num_frames = arrays["images"].shape[1]
     if not 0 < num_observed < num_frames:
@@ -204,7 +208,7 @@ def forecast(
     """The forecast report of a SQAIR model on ``arrays`` with ground-truth boxes (see the
     module doc); ``kept`` is None without digit labels."""
     arrays = normalise_arrays(arrays, source)
-    digits = _check_arrays(arrays, config, num_observed, source)
+    digits = _check_arrays(arrays, config, model, num_observed, source)
     if batch_size < 1:
         raise ValueError(f"batch size must be positive, got {batch_size}")
     total = (

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pyro.poutine as poutine
 import torch
 from torch import nn
 
 from sqair_pyro.nn.spatial_transformer import where_to_transform, z_where_to_boxes
+
+
+def replayed(
+    model: nn.Module, guide: nn.Module, images: torch.Tensor | None, *model_args: Any, **kwargs: Any
+) -> tuple[poutine.Trace, poutine.Trace]:
+    """The guide's trace on ``images`` and the model's trace replayed on its sample: the
+    model runs on ``model_args`` when given (e.g. ``None`` to go on from the prior), else on
+    ``images``; ``kwargs`` go to the model."""
+    guide_trace = poutine.trace(guide).get_trace(images)
+    args = model_args if model_args else (images,)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    return guide_trace, model_trace
 
 
 @torch.no_grad()
@@ -15,11 +29,10 @@ def reconstruct(
 ) -> dict[str, torch.Tensor]:
     """One posterior sample: the guide's latents and the model's noise-free ``canvas`` given them.
 
-    Works for AIR (images (B, H, W)) and SQAIR (images (B, T, H, W)); the result holds
-    ``z_pres``, ``z_where``, ``z_what`` (..., N, ·), ``canvas`` and, for SQAIR, ``ids``.
+    ``images`` (B, T, H, W) (or single images for AIR, (B, H, W)); the result holds
+    ``z_pres``, ``z_where``, ``z_what`` (..., N, ·), ``canvas`` and ``ids``.
     """
-    guide_trace = poutine.trace(guide).get_trace(images)
-    return poutine.replay(model, trace=guide_trace)(images)
+    return replayed(model, guide, images)[1].nodes["_RETURN"]["value"]
 
 
 def boxes_and_ids(latents: dict[str, torch.Tensor], image_size: tuple[int, int]) -> tuple:
@@ -57,11 +70,9 @@ def imagine(
     batch, num_observed = observed.shape[:2]
     samples = []
     for _ in range(num_samples):
-        guide_trace = poutine.trace(guide).get_trace(observed)
-        samples.append(
-            poutine.replay(model, trace=guide_trace)(
-                None, num_frames=num_observed + num_future, batch_size=batch
-            )
+        _, trace = replayed(
+            model, guide, observed, None, num_frames=num_observed + num_future, batch_size=batch
         )
+        samples.append(trace.nodes["_RETURN"]["value"])
     keys = ("canvas", "z_pres", "z_where", "z_what", "ids")
     return {key: torch.stack([s[key] for s in samples]) for key in keys}

@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import pyro
-import pyro.poutine as poutine
 import torch
 from torch import nn
 
@@ -102,10 +101,8 @@ def reconstruction_data(
         inferred alone); ``z_pres`` (S, T, N, 1), ``z_where``, ``z_what`` (S, T, N, .).
     """
     pyro.set_rng_seed(seed)
-    num_seq, num_frames, height, width = images.shape
-    air = config.model == "air"
-    inputs = images.reshape(num_seq * num_frames, height, width) if air else images
-    latents = reconstruct(model, guide, inputs)
+    height, width = images.shape[-2:]
+    latents = reconstruct(model, guide, images)
     boxes, ids = boxes_and_ids(latents, (height, width))
     out = {
         "canvas": latents["canvas"].clamp(0, 1),
@@ -113,10 +110,6 @@ def reconstruction_data(
         "ids": ids,
         **{key: latents[key] for key in ("z_pres", "z_where", "z_what")},
     }
-    if air:  # frames as images: back to sequences
-        out = {
-            key: value.reshape(num_seq, num_frames, *value.shape[1:]) for key, value in out.items()
-        }
     return _numpy({"images": images, **out})
 
 
@@ -153,7 +146,8 @@ def glimpse_data(
     return result
 
 
-#: AIR prior samples are drawn this many times over, to show those with objects.
+#: A model without a temporal prior (AIR) draws its prior frames this many times over, to
+#: show those with objects.
 AIR_PRIOR_DRAWS = 20
 
 
@@ -169,21 +163,18 @@ def prior_data(
     ``with_objects`` is the fraction of all draws (frames, for SQAIR) that hold an object.
     """
     pyro.set_rng_seed(seed)
-    height, width = config.image_size
-    if config.model == "air":
-        count = num_samples * num_frames
-        # The AIR model takes its batch size from the images; uncondition samples x too.
-        zeros = torch.zeros(AIR_PRIOR_DRAWS * count, height, width)
-        latents = poutine.uncondition(model)(zeros)
-    else:
-        latents = model(None, num_frames=num_frames, batch_size=num_samples)
-    boxes, ids = boxes_and_ids(latents, (height, width))
+    temporal = getattr(model, "temporal", False)
+    draws = 1 if temporal else AIR_PRIOR_DRAWS
+    latents = model(None, num_frames=num_frames, batch_size=num_samples * draws)
+    boxes, ids = boxes_and_ids(latents, config.image_size)
     out = {"canvas": latents["canvas"].clamp(0, 1), "boxes": boxes, "ids": ids}
     has_objects = (ids >= 0).any(-1)
     fraction = float(has_objects.float().mean())
-    if config.model == "air":
-        first = torch.argsort((~has_objects).int(), stable=True)[:count]  # with objects first
-        out = {k: v[first].reshape(num_samples, num_frames, *v.shape[1:]) for k, v in out.items()}
+    if not temporal:  # independent frames: those with objects first
+        frames = {k: v.flatten(0, 1) for k, v in out.items()}
+        first = torch.argsort((~has_objects.flatten()).int(), stable=True)
+        first = first[: num_samples * num_frames]
+        out = {k: v[first].unflatten(0, (num_samples, num_frames)) for k, v in frames.items()}
     return {**_numpy(out), "with_objects": fraction}
 
 
@@ -234,16 +225,16 @@ def figure_data(
     indices = select_sequences(arrays, num_sequences, seed)
     images = _images(arrays, indices)
     num_frames = images.shape[1]
-    sqair = config.model == "sqair"
+    temporal = getattr(model, "temporal", False)
     recon = reconstruction_data(model, guide, config, images, seed)
     data: dict[str, Any] = {
         "indices": indices,
         "reconstruction": recon,
-        "glimpses": glimpse_data(model, recon) if sqair else None,
+        "glimpses": glimpse_data(model, recon) if temporal else None,
         "prior": prior_data(model, config, len(indices), num_frames, seed),
         "conditional": None,
     }
-    if sqair and num_frames > NUM_OBSERVED:
+    if temporal and num_frames > NUM_OBSERVED:
         data["conditional"] = conditional_data(
             model, guide, images, NUM_OBSERVED, num_imagined, seed
         )
@@ -334,7 +325,7 @@ def write_figures(
     out_dir = Path(out_dir)
     data = figure_data(model, guide, config, arrays, num_sequences, seed)
     name = config.model_name
-    air = config.model == "air"
+    air = not getattr(model, "temporal", False)  # no identities across frames, no futures
     indices = data["indices"]
     written: list[Path] = []
 
@@ -348,7 +339,7 @@ def write_figures(
     for s, i in enumerate(indices):
         rows.append((f"seq {i}: input", recon["images"][s], None, None))
         rows.append(("reconstruction", recon["canvas"][s], recon["boxes"][s], recon["ids"][s]))
-    how = "each frame inferred alone, box colour = slot" if air else "box colour = identity"
+    how = "each frame inferred alone" if air else "box colour = identity"
     wrote(
         plot_sequences(
             out_dir / "reconstructions.png",

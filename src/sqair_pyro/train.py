@@ -149,20 +149,19 @@ def warm_start(model: nn.Module, guide: nn.Module, checkpoint: str | Path) -> li
 
 
 def surrogate_loss(
-    elbo: pyro.infer.ELBO, model: Callable, guide: Callable, images: torch.Tensor
+    elbo: pyro.infer.ELBO, model: Callable, guide: Callable, images: torch.Tensor, **kwargs: Any
 ) -> tuple[torch.Tensor, float]:
-    """``(surrogate, -bound)``: differentiate the first; the second is the objective's value."""
+    """``(surrogate, -bound)``: differentiate the first; the second is the objective's value.
+    ``kwargs`` go to the model and the guide (e.g. the training phase)."""
     if isinstance(elbo, TraceGraph_ELBO):
-        loss, surrogate = elbo._loss_and_surrogate_loss(model, guide, (images,), {})
+        loss, surrogate = elbo._loss_and_surrogate_loss(model, guide, (images,), kwargs)
         return surrogate, float(loss.detach())
-    surrogate = elbo.differentiable_loss(model, guide, images)
+    surrogate = elbo.differentiable_loss(model, guide, images, **kwargs)
     return surrogate, surrogate.item()
 
 
 def frames_for_step(config: Config, step: int) -> int:
     """The sequence-length curriculum: start short, add a frame every ``curriculum_every``."""
-    if config.model == "air":
-        return 1
     grown = config.curriculum_start + step // max(config.curriculum_every, 1)
     return min(config.num_frames, grown)
 
@@ -170,17 +169,22 @@ def frames_for_step(config: Config, step: int) -> int:
 class SequenceBatches:
     """Random mini-batches from a data split, reproducible from a saved generator state.
 
-    AIR treats every frame as an independent image (App. D.1): batches of frames (B, H, W).
-    SQAIR gets sequences (B, T, H, W), cropped to the curriculum's length.
+    Each data sequence is cut into windows of ``window`` frames, each a training sequence:
+    the whole sequence for SQAIR (``num_frames`` = T, later cropped by the curriculum), every
+    frame on its own for AIR (``num_frames`` = 1: frames as images, App. D.1).
     """
 
-    def __init__(self, arrays: dict[str, np.ndarray], frames_as_images: bool, seed: int) -> None:
+    def __init__(self, arrays: dict[str, np.ndarray], window: int, seed: int) -> None:
         images, counts = arrays["images"], arrays.get("counts")
-        self.frames_as_images = frames_as_images
-        if frames_as_images:
-            images = images.reshape(-1, *images.shape[2:])
-            counts = None if counts is None else counts.reshape(-1)
-        self.images, self.counts = images, counts
+        pieces = images.shape[1] // window
+        if pieces < 1:
+            raise ValueError(f"sequences of {images.shape[1]} frames are shorter than {window}")
+
+        def windows(a: np.ndarray) -> np.ndarray:
+            return a[:, : pieces * window].reshape(-1, window, *a.shape[2:])
+
+        self.images = windows(images)
+        self.counts = None if counts is None else windows(counts)
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
@@ -188,11 +192,8 @@ class SequenceBatches:
 
     def get(self, index: np.ndarray, num_frames: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Images in [0, 1] and per-frame visible counts (None without them) of the given rows."""
-        images = self.images[index]
-        counts = None if self.counts is None else self.counts[index]
-        if not self.frames_as_images:
-            images = images[:, :num_frames]
-            counts = None if counts is None else counts[:, :num_frames]
+        images = self.images[index, :num_frames]
+        counts = None if self.counts is None else self.counts[index, :num_frames]
         return (
             torch.from_numpy(images).float() / 255,
             None if counts is None else torch.from_numpy(counts),
@@ -231,20 +232,40 @@ def counting_accuracy(z_pres: torch.Tensor, counts: torch.Tensor | None) -> floa
 class Trainer:
     """SVI with a torch optimiser on ``elbo.differentiable_loss``; state saved for exact resume."""
 
-    def __init__(self, config: Config, device: str = "cpu", initialise: bool = True) -> None:
-        """Build the programs and the optimiser; ``initialise=False`` skips ``init_from``
-        (a run about to be restored from its own checkpoint needs no first weights)."""
+    def __init__(
+        self,
+        config: Config,
+        device: str = "cpu",
+        initialise: bool = True,
+        *,
+        programs: tuple[nn.Module, nn.Module] | None = None,
+        objective: pyro.infer.ELBO | None = None,
+        optimizer: Callable[[list[dict[str, Any]]], torch.optim.Optimizer] | None = None,
+    ) -> None:
+        """Build the programs, the objective and the optimiser.
+
+        :param initialise: ``False`` skips ``init_from`` (a run about to be restored from its
+            own checkpoint needs no first weights).
+        :param programs: any Pyro ``(model, guide)`` pair as nn.Modules taking the frames
+            (B, T, H, W); default: ``build(config)``. (To evaluate or show a pair from its
+            checkpoint later, register it as a model: :mod:`sqair_pyro.registry`.)
+        :param objective: any Pyro ELBO with ``differentiable_loss``; default: the one
+            ``config.objective`` names (:func:`make_objective`).
+        :param optimizer: a torch optimiser from the parameter groups (each with its ``lr``,
+            :func:`parameter_groups`), e.g. ``lambda groups: torch.optim.SGD(groups)``;
+            default: the one ``config.optimizer`` names (:func:`make_optimizer`).
+        """
         self.config = config
         self.device = torch.device(device)
         pyro.set_rng_seed(config.seed)
         pyro.clear_param_store()
-        self.model, self.guide = build(config)
+        self.model, self.guide = build(config) if programs is None else programs
         self.model.to(self.device)
         self.guide.to(self.device)
         if config.mixed_precision:
             keep_float32_outputs(self.model, self.guide)
         self.capture = _Capture(self.guide)
-        self.elbo = make_objective(config)
+        self.elbo = make_objective(config) if objective is None else objective
         #: Names of the weights copied from ``config.init_from`` (none without a warm start).
         self.initialised: list[str] = []
         if config.init_from and initialise:
@@ -260,7 +281,7 @@ class Trainer:
         #: Times the run rolled back to its best checkpoint; each divides every rate by
         #: 1 / lr_decay.
         self.rollbacks = 0
-        self.optimizer = make_optimizer(config, groups)
+        self.optimizer = make_optimizer(config, groups) if optimizer is None else optimizer(groups)
         self.base_lrs = [group["lr"] for group in groups]
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
             self.optimizer, milestones=config.lr_decay_steps, gamma=config.lr_decay
@@ -274,12 +295,10 @@ class Trainer:
     def step(self, images: torch.Tensor, counts: torch.Tensor | None = None) -> dict[str, float]:
         """One SVI step on a batch; returns the bound per datum and the counting accuracy."""
         images = images.to(self.device)
-        later = self.step_count >= self.config.propagation_warmup_steps
-        for program in (self.model, self.guide):
-            if hasattr(program, "discover_after_first_frame"):
-                program.discover_after_first_frame = later
         with matmul_precision(self.config.mixed_precision, self.device):
-            surrogate, loss = surrogate_loss(self.elbo, self.model, self.capture, images)
+            surrogate, loss = surrogate_loss(
+                self.elbo, self.model, self.capture, images, **self.phase()
+            )
         if not math.isfinite(loss):
             raise TrainingDivergedError(
                 f"loss became {loss} at step {self.step_count}; "
@@ -306,6 +325,15 @@ class Trainer:
             "grad_norm": grad_norm,
             "clipped": clipped,
             "lr": self.config.lr * self.lr_factor() * self.config.lr_decay**self.rollbacks,
+        }
+
+    def phase(self) -> dict[str, bool]:
+        """The training phase, as keyword arguments of the model and the guide: during the
+        first ``propagation_warmup_steps`` steps, discovery in the first frame only."""
+        if self.config.propagation_warmup_steps == 0:
+            return {}
+        return {
+            "discover_after_first_frame": self.step_count >= self.config.propagation_warmup_steps
         }
 
     def clip_gradients(self) -> tuple[float, float]:
@@ -553,9 +581,8 @@ def train(
             f"validation_size, is held out for validation), got {len(arrays['images'])}"
         )
     train_arrays, valid_arrays = split_validation(arrays, config.validation_size)
-    air = config.model == "air"
-    batches = SequenceBatches(train_arrays, frames_as_images=air, seed=config.seed)
-    valid = SequenceBatches(valid_arrays, frames_as_images=air, seed=config.seed + 1)
+    batches = SequenceBatches(train_arrays, config.num_frames, seed=config.seed)
+    valid = SequenceBatches(valid_arrays, config.num_frames, seed=config.seed + 1)
     resuming = resume and last.exists()
     trainer = Trainer(config, device, initialise=not resuming)
     if resuming:

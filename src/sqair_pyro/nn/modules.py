@@ -71,8 +71,9 @@ class BernoulliHead(nn.Module):
         return torch.sigmoid(self.net(features))
 
 
-class ImageEncoderMLP(nn.Module):
-    """``h^enc(x_t)``: a whole frame to a feature vector (MLP variant)."""
+class EncoderMLP(nn.Module):
+    """An image to a feature vector (MLP variant): ``h^enc(x_t)`` of a whole frame and
+    ``h^glimpse(g)`` of a glimpse are both this, on images of their own size."""
 
     def __init__(self, image_size: tuple[int, int], sizes: list[int]) -> None:
         super().__init__()
@@ -81,18 +82,6 @@ class ImageEncoderMLP(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return F.elu(self.net(images.flatten(-2)))
-
-
-class GlimpseEncoderMLP(nn.Module):
-    """``h^glimpse(g)``: a glimpse to a feature vector (MLP variant)."""
-
-    def __init__(self, glimpse_size: tuple[int, int], sizes: list[int]) -> None:
-        super().__init__()
-        self.net = MLP([math.prod(glimpse_size), *sizes])
-        self.out_dim = sizes[-1]
-
-    def forward(self, glimpses: torch.Tensor) -> torch.Tensor:
-        return F.elu(self.net(glimpses.flatten(-2)))
 
 
 class GlimpseDecoderMLP(nn.Module):
