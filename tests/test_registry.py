@@ -109,6 +109,17 @@ def test_nested_config_round_trip_and_dotted_keys():
     with pytest.raises(ValueError, match="unknown config key guide.hidden"):
         config.replace(**{"guide.hidden": 3})
     assert config.model_name == "MLP-SQAIR"
+    assert nested["guide"]["name"] == "" and config.replace(**{"guide.name": "air"}).guide == "air"
+
+
+def test_a_model_with_another_guide():
+    """Model and guide are separate components: SQAIR's model with a guide registered under
+    another name builds, and a name that is not registered is one clear error."""
+    registry.register("guide", "sqair_again")(registry.component("guide", "sqair"))
+    model, guide = build(preset("mlp-sqair", init_from=None, guide="sqair_again"))
+    assert type(guide).__name__ == "SQAIRGuide" and type(model).__name__ == "SQAIRModel"
+    with pytest.raises(ValueError, match="unknown guide 'nope'; registered: air, sqair"):
+        build(preset("mlp-sqair", init_from=None, guide="nope"))
 
 
 @pytest.mark.parametrize(

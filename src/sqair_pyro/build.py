@@ -110,41 +110,47 @@ def discovery_rnn(
     )
 
 
-def _parts(config: Config) -> tuple[WhatWherePrior, nn.Module, nn.Module, AdditiveSTLikelihood]:
-    """What AIR and SQAIR share: p(z_what, z_where) of new objects, the two encoders and
-    the likelihood around the decoder, each from its registered component."""
-    what_where = WhatWherePrior(
+def what_where_prior(config: Config) -> WhatWherePrior:
+    """``p^D(z_what, z_where)`` of new objects (Eq. 7), fixed Gaussians."""
+    return WhatWherePrior(
         config.z_what_dim, config.where_scale_logit, config.where_scale_sd, config.where_shift_sd
     )
-    image_encoder, glimpse_encoder, decoder = component("networks", config.encoder)(config)
-    likelihood = component("likelihood", config.likelihood)(config, decoder)
-    return what_where, image_encoder, glimpse_encoder, likelihood
 
 
 @register("model", "air")
-def air(config: Config) -> tuple[nn.Module, nn.Module]:
+def air_model(config: Config, decoder: nn.Module) -> AIRModel:
     """AIR (Eslami et al. 2016) as SQAIR's discovery alone: each frame on its own."""
-    what_where, image_encoder, glimpse_encoder, likelihood = _parts(config)
+    likelihood = component("likelihood", config.likelihood)(config, decoder)
     prior = component("discovery_prior", config.discovery_prior)(config)
-    model = AIRModel(config.max_objects, prior, what_where, likelihood)
-    discovery = discovery_rnn(config, glimpse_encoder, image_encoder, what_where, 0)
+    return AIRModel(config.max_objects, prior, what_where_prior(config), likelihood)
+
+
+@register("guide", "air")
+def air_guide(config: Config, image_encoder: nn.Module, glimpse_encoder: nn.Module) -> AIRGuide:
+    """AIR's inference: the image encoded once, then the discovery RNN (Eq. 2)."""
+    discovery = discovery_rnn(config, glimpse_encoder, image_encoder, what_where_prior(config), 0)
     if config.objective == "tracegraph":
         discovery.baseline = baseline_network(config)
-    return model, AIRGuide(image_encoder, discovery)
+    return AIRGuide(image_encoder, discovery)
 
 
 @register("model", "sqair")
-def sqair(config: Config) -> tuple[nn.Module, nn.Module]:
-    """SQAIR: propagation then discovery in every frame (Alg. 2-3)."""
-    hidden = config.hidden
-    what_where, image_encoder, glimpse_encoder, likelihood = _parts(config)
-    model = SQAIRModel(
+def sqair_model(config: Config, decoder: nn.Module) -> SQAIRModel:
+    """SQAIR's generative model: propagation then discovery in every frame (Eq. 3-10)."""
+    likelihood = component("likelihood", config.likelihood)(config, decoder)
+    return SQAIRModel(
         config.max_objects,
         component("discovery_prior", config.discovery_prior)(config),
-        what_where,
+        what_where_prior(config),
         component("propagation_prior", config.propagation_prior)(config),
         likelihood,
     )
+
+
+@register("guide", "sqair")
+def sqair_guide(config: Config, image_encoder: nn.Module, glimpse_encoder: nn.Module) -> SQAIRGuide:
+    """SQAIR's inference: propagation (Alg. 2) then discovery (Alg. 3) in every frame."""
+    hidden = config.hidden
     propagation = PropagationRNNs(
         glimpse_encoder,
         image_encoder.out_dim,
@@ -155,22 +161,30 @@ def sqair(config: Config) -> tuple[nn.Module, nn.Module]:
         pres_bias=config.propagation_pres_bias,
     )
     # Discovery also reads the summary of the propagated objects (Eq. 6), of `hidden` units.
-    discovery = discovery_rnn(config, glimpse_encoder, image_encoder, what_where, hidden)
+    discovery = discovery_rnn(
+        config, glimpse_encoder, image_encoder, what_where_prior(config), hidden
+    )
     if config.objective == "tracegraph":
         discovery.baseline = baseline_network(config)
         propagation.baseline = baseline_network(config)
-    guide = SQAIRGuide(
+    return SQAIRGuide(
         image_encoder, propagation, discovery, config.max_objects, config.z_what_dim, hidden
     )
-    return model, guide
 
 
 def build(config: Config) -> tuple[nn.Module, nn.Module]:
-    """``(model, guide)`` as nn.Modules whose ``forward`` are the Pyro programs: the
-    registered ``config.model``, after importing the modules in ``config.imports``."""
+    """``(model, guide)`` as nn.Modules whose ``forward`` are the Pyro programs.
+
+    After importing the modules in ``config.imports``: the networks (``config.encoder``),
+    the model (``config.model``, around the decoder) and the guide (``config.guide``, or the
+    model's own name; around the encoders), each a registered component.
+    """
     for module in config.imports:
         import_module(module)
-    return component("model", config.model)(config)
+    image_encoder, glimpse_encoder, decoder = component("networks", config.encoder)(config)
+    model = component("model", config.model)(config, decoder)
+    guide = component("guide", config.guide or config.model)(config, image_encoder, glimpse_encoder)
+    return model, guide
 
 
 def baseline_network(config: Config) -> nn.Module:

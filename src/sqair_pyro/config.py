@@ -6,8 +6,9 @@ that register components of one's own, :mod:`sqair_pyro.registry`). :meth:`Confi
 writes the nested form that checkpoints and reports store; :meth:`Config.from_dict` reads it
 and the flat form of older checkpoints; a key may be written ``section.field`` (e.g.
 ``model.discovery_prior``) anywhere a field name is accepted. Components (``model``,
-``encoder``, ``discovery_prior``, ``propagation_prior``, ``likelihood``) are registered names,
-or ``{"name": ..., **arguments}``.
+``guide``, ``encoder``, ``discovery_prior``, ``propagation_prior``, ``likelihood``) are
+registered names, or ``{"name": ..., **arguments}``; in the nested form the model's and the
+guide's own component is their section's ``name``.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class Config:
     # What to build: registered components (sqair_pyro.registry), each a name or
     # {"name": ..., **arguments}.
     model: str | dict[str, Any] = "sqair"  # "air" or "sqair"
+    guide: str | dict[str, Any] = ""  # "": the guide registered under the model's name
     encoder: str | dict[str, Any] = "mlp"  # "mlp" or "conv"
     image_size: tuple[int, int] = (50, 50)
     glimpse_size: tuple[int, int] = (20, 20)
@@ -222,11 +224,12 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "where_scale_logit", "where_scale_sd", "where_shift_sd", "survive_bias",
         "propagation_prior", "likelihood",
     ),
-    "guide": ("propagation_pres_bias", "discovery_pres_bias", "what_scale_offset"),
+    "guide": ("guide", "propagation_pres_bias", "discovery_pres_bias", "what_scale_offset"),
 }  # fmt: skip
-#: Fields named otherwise inside their section: the model section's component is its name.
-_SHORT = {"model": "name"}
-_LONG = {("model", short): name for name, short in _SHORT.items()}
+#: Fields named otherwise inside their section: the model's and the guide's component is the
+#: section's name.
+_SHORT = {"model": "name", "guide": "name"}
+_LONG = {(name, short): name for name, short in _SHORT.items()}
 
 
 def _field(section: str, name: str) -> str:

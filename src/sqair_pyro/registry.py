@@ -28,7 +28,9 @@ __all__ = ["KINDS", "component", "import_module", "names", "register", "spec"]
 
 #: What can be registered, and what a factory of each kind returns.
 KINDS: dict[str, str] = {
-    "model": "(model, guide): the Pyro programs as nn.Modules",
+    "model": "the generative Pyro program as an nn.Module, from (config, decoder)",
+    "guide": "the inference Pyro program as an nn.Module, from (config, image_encoder, "
+    "glimpse_encoder)",
     "networks": "(image_encoder, glimpse_encoder, glimpse_decoder)",
     "discovery_prior": "a DiscoveryPrior (continue probabilities of new objects)",
     "propagation_prior": "a PropagationPrior (p(z_t | z_{t-1}) of tracked objects)",
@@ -74,7 +76,7 @@ def spec(value: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
 
 def component(kind: str, value: str | Mapping[str, Any]) -> Callable[..., Any]:
     """The factory of ``value`` (a name or ``{"name": ..., **args}``) with its arguments
-    bound: call it with the config (and, for a likelihood, the decoder)."""
+    bound: call it with the config (and the parts its kind takes, :data:`KINDS`)."""
     _check_kind(kind)
     name, args = spec(value)
     if name not in _FACTORIES[kind]:
