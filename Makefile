@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint format clean notebooks
+.PHONY: demo test lint format clean notebooks pedestrians
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,16 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q
+
+# The real-video data (paper Sec. 4.2): PETS 2009 S2.L1 View001 (vtest.avi) from Debian's
+# opencv-doc package (never committed), then background subtraction, crops and proxy boxes.
+PETS := data/pets
+pedestrians: $(STAMP)
+	mkdir -p $(PETS)
+	test -f $(PETS)/vtest.avi || (cd $(PETS) && apt-get download opencv-doc \
+		&& dpkg-deb -x opencv-doc_*.deb deb \
+		&& cp deb/usr/share/doc/opencv-doc/examples/data/vtest.avi . && rm -rf deb opencv-doc_*.deb)
+	$(BIN)/sqair-pyro make-data --video $(PETS)/vtest.avi --out $(PETS)
 
 # JupyterLab with widgets (progress bars) in the same .venv, then the notebooks folder.
 notebooks: $(STAMP)

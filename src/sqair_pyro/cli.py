@@ -21,24 +21,65 @@ def _parse_override(text: str) -> tuple[str, object]:
         return key, value
 
 
+#: make-data's options of each source, with their defaults: moving MNIST, or a video.
+MNIST_OPTIONS = {
+    "frames": 10, "min_digits": 0, "max_digits": 2, "canvas": [50, 50], "max_speed": 10.0,
+    "max_acceleration": 3.0, "acceleration_noise": 0.01, "train_size": 60000,
+    "test_size": 10000,
+}  # fmt: skip
+VIDEO_OPTIONS = {
+    "frames": 5, "resize": [240, 320], "crop": 64, "max_objects": 3, "min_area": 40,
+    "every": 1, "train_size": 3150, "test_size": 350,
+}  # fmt: skip
+
+
+def _options(args: argparse.Namespace, chosen: dict, other: dict, source: str) -> dict:
+    """The options of one source, defaults filled in; one clear error for another's."""
+    for name in set(other) - set(chosen):
+        if getattr(args, name) is not None:
+            raise ValueError(f"--{name.replace('_', '-')} does not apply to {source}")
+    return {
+        k: default if getattr(args, k) is None else getattr(args, k)
+        for k, default in chosen.items()
+    }
+
+
 def cmd_make_data(args: argparse.Namespace) -> None:
+    if args.video is not None:
+        from sqair_pyro.data.video import VideoDataConfig, make_video_data
+
+        o = _options(args, VIDEO_OPTIONS, MNIST_OPTIONS, "--video")
+        config = VideoDataConfig(
+            resize=tuple(o["resize"]),
+            crop=o["crop"],
+            length=o["frames"],
+            max_objects=o["max_objects"],
+            min_area=o["min_area"],
+            every=o["every"],
+        )
+        train_path, test_path = make_video_data(
+            args.video, args.out, o["train_size"], o["test_size"], args.seed, config
+        )
+        print(f"wrote {train_path} and {test_path} (validation), proxy ground truth")
+        return
     from sqair_pyro.data import MovingMNISTConfig, make_data
 
+    o = _options(args, MNIST_OPTIONS, VIDEO_OPTIONS, "moving MNIST (without --video)")
     config = MovingMNISTConfig(
-        canvas_size=tuple(args.canvas),
-        num_frames=args.frames,
-        min_digits=args.min_digits,
-        max_digits=args.max_digits,
-        initial_velocity_bound=args.max_speed,
-        velocity_bound=args.max_speed,
-        initial_acceleration_bound=args.max_acceleration,
-        acceleration_bound=args.max_acceleration,
-        acceleration_noise_std=args.acceleration_noise,
+        canvas_size=tuple(o["canvas"]),
+        num_frames=o["frames"],
+        min_digits=o["min_digits"],
+        max_digits=o["max_digits"],
+        initial_velocity_bound=o["max_speed"],
+        velocity_bound=o["max_speed"],
+        initial_acceleration_bound=o["max_acceleration"],
+        acceleration_bound=o["max_acceleration"],
+        acceleration_noise_std=o["acceleration_noise"],
     )
     train_path, test_path = make_data(
         args.out,
-        train_size=args.train_size,
-        test_size=args.test_size,
+        train_size=o["train_size"],
+        test_size=o["test_size"],
         seed=args.seed,
         mnist_dir=args.mnist_dir,
         config=config,
@@ -301,27 +342,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sqair-pyro", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("make-data", help="generate moving multi-MNIST (train.npz, test.npz)")
+    p = sub.add_parser(
+        "make-data",
+        help="moving multi-MNIST, or with --video a real video as the paper's pedestrian data "
+        "(train.npz, test.npz)",
+    )
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--train-size", type=_non_negative, default=60000)
-    p.add_argument("--test-size", type=_non_negative, default=10000)
+    p.add_argument("--train-size", type=_non_negative, help="sequences (60000; video: 3150)")
+    p.add_argument("--test-size", type=_non_negative, help="sequences (10000; video: 350)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--frames", type=_positive, help="frames per sequence (10; video: 5)")
     p.add_argument("--mnist-dir", type=Path, help="directory with the four MNIST IDX files")
-    p.add_argument("--frames", type=_positive, default=10, help="frames per sequence")
-    p.add_argument("--min-digits", type=_non_negative, default=0, help="fewest digits")
-    p.add_argument("--max-digits", type=_non_negative, default=2, help="most digits")
+    p.add_argument("--min-digits", type=_non_negative, help="fewest digits (0)")
+    p.add_argument("--max-digits", type=_non_negative, help="most digits (2)")
+    p.add_argument("--canvas", type=_positive, nargs=2, metavar=("H", "W"), help="(50 50)")
+    p.add_argument("--max-speed", type=_non_negative_float, help="pixels per frame per axis (10)")
+    p.add_argument("--max-acceleration", type=_non_negative_float, help="pixels/frame^2 (3)")
+    p.add_argument("--acceleration-noise", type=_non_negative_float, help="its std (0.01)")
     p.add_argument(
-        "--canvas", type=_positive, nargs=2, default=[50, 50], metavar=("H", "W"), help="pixels"
+        "--video",
+        type=Path,
+        help="a static-camera video OpenCV reads (or a folder of frames): background "
+        "subtraction, crops and proxy ground truth (sqair_pyro.data.video)",
     )
-    p.add_argument(
-        "--max-speed", type=_non_negative_float, default=10.0, help="pixels per frame, per axis"
-    )
-    p.add_argument(
-        "--max-acceleration", type=_non_negative_float, default=3.0, help="pixels per frame^2"
-    )
-    p.add_argument(
-        "--acceleration-noise", type=_non_negative_float, default=0.01, help="its noise's std"
-    )
+    p.add_argument("--resize", type=_positive, nargs=2, metavar=("H", "W"), help="(240 320)")
+    p.add_argument("--crop", type=_positive, help="crop side in pixels (64)")
+    p.add_argument("--max-objects", type=_positive, help="per frame of a sequence (3)")
+    p.add_argument("--min-area", type=_positive, help="pixels of a proxy object (40)")
+    p.add_argument("--every", type=_positive, help="keep every n-th frame (1)")
     p.set_defaults(func=cmd_make_data)
 
     p = sub.add_parser(

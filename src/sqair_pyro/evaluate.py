@@ -37,7 +37,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sqair_pyro.config import Config
-from sqair_pyro.data import available, check_frames, load_npz, normalise_arrays, split_file
+from sqair_pyro.data import (
+    available,
+    check_frames,
+    load_npz,
+    normalise_arrays,
+    read_metadata,
+    split_file,
+)
 from sqair_pyro.infer import estimate_log_px
 from sqair_pyro.nn.spatial_transformer import place, where_to_transform
 from sqair_pyro.predict import boxes_and_ids, replayed
@@ -384,6 +391,8 @@ def evaluate(
         iou_threshold=float(iou_threshold),
         box_mode=box_mode,
         content_threshold=float(content_threshold),
+        # Boxes and counts made from a foreground mask, not annotated (sqair_pyro.data.video).
+        proxy_ground_truth=bool(read_metadata(arrays).get("proxy_ground_truth", False)),
         model_name=config.model_name,
         num_sequences=num_sequences,
         num_particles=int(num_particles),
@@ -512,6 +521,8 @@ def markdown_table(reports: list[Mapping[str, Any]], paper: bool = True) -> str:
             name = f"{name} ({report['checkpoint']})"
         if report.get("box_mode") == "window":
             name = f"{name}, window boxes"
+        if report.get("proxy_ground_truth"):
+            name = f"{name}, proxy ground truth"
         cells = [_fmt(report.get(key), digits) for _, key, digits in _COLUMNS]
         lines.append("| " + " | ".join([name, *cells]) + " |")
     if paper:

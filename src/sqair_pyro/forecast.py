@@ -33,7 +33,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sqair_pyro.config import Config
-from sqair_pyro.data import available, check_frames, load_npz, normalise_arrays, split_file
+from sqair_pyro.data import (
+    available,
+    check_frames,
+    load_npz,
+    normalise_arrays,
+    read_metadata,
+    split_file,
+)
 from sqair_pyro.digits import GLIMPSE, NUM_CLASSES, classify
 from sqair_pyro.evaluate import predicted_boxes
 from sqair_pyro.predict import imagine, reconstruct
@@ -248,6 +255,7 @@ def forecast(
         "horizons": list(range(1, num_frames - num_observed + 1)),
         "match_iou": match_iou,
         "seed": seed,
+        "proxy_ground_truth": bool(read_metadata(arrays).get("proxy_ground_truth", False)),
     }
     for name in ("imagined", "reconstructed"):
         valid = data[f"{name}_valid"]

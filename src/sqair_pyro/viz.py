@@ -86,14 +86,18 @@ def plot_sequences(
 def ground_truth_rows(
     arrays: dict[str, np.ndarray], indices: list[int]
 ) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
-    """Rows of :func:`plot_sequences` for data sequences, boxes coloured by digit slot."""
+    """Rows of :func:`plot_sequences` for data sequences, boxes coloured by object slot
+    (named by their labels when the data have them)."""
     rows = []
     for i in indices:
         visible = arrays["visible"][i]  # (T, M)
         slots = np.broadcast_to(np.arange(visible.shape[1]), visible.shape)
         ids = np.where(visible, slots, -1)
-        labels = [str(c) for c in arrays["labels"][i] if c >= 0]
-        name = f"seq {i}: " + (", ".join(labels) if labels else "empty")
+        if "labels" in arrays:
+            labels = [str(c) for c in arrays["labels"][i] if c >= 0]
+            name = f"seq {i}: " + (", ".join(labels) if labels else "empty")
+        else:
+            name = f"seq {i}: {int(visible.any(0).sum())} objects"
         rows.append((name, arrays["images"][i] / 255.0, arrays["boxes"][i], ids))
     return rows
 
