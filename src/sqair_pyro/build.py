@@ -65,27 +65,44 @@ def mlp_networks(config: Config) -> tuple[nn.Module, nn.Module, nn.Module]:
     )
 
 
-@register("networks", "conv")
-def conv_networks(config: Config) -> tuple[nn.Module, nn.Module, nn.Module]:
-    """CONV-SQAIR's networks (App. D.2): the encoders share a CNN with [16, 32, 32, 64] maps
-    and strides [2, 2, 1, 1], each followed by its own fully connected layer; a subpixel-CNN
-    decoder from FC [256, 800] (32 maps of 5x5) through [32, 64, 64] maps with strides
-    [1, 2, 2]."""
-    cnn = SharedCNN([16, 32, 32, 64], [2, 2, 1, 1])
+def _conv_networks(
+    config: Config, cnn: SharedCNN, fc: list[int], maps: list[int], strides: list[int]
+) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """Encoders sharing ``cnn``, each with its own fully connected layer of ``hidden`` units,
+    and a subpixel-CNN decoder: FC layers ``fc`` reshaped to maps of a quarter of the glimpse
+    size, then ``maps`` feature maps upsampled by ``strides``."""
     start = (config.glimpse_size[0] // 4, config.glimpse_size[1] // 4)
     decoder = GlimpseDecoderSubpixel(
-        config.z_what_dim,
-        [256, 32 * start[0] * start[1]],
-        start,
-        [32, 64, 64],
-        [1, 2, 2],
-        config.glimpse_size,
+        config.z_what_dim, fc, start, maps, strides, config.glimpse_size
     )
     return (
         ConvEncoder(cnn, config.image_size, config.hidden),
         ConvEncoder(cnn, config.glimpse_size, config.hidden),
         decoder,
     )
+
+
+@register("networks", "conv")
+def conv_networks(config: Config) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """CONV-SQAIR's networks (App. D.2): a CNN with [16, 32, 32, 64] maps and strides
+    [2, 2, 1, 1]; a decoder from FC [256, 800] (32 maps of 5x5) through [32, 64, 64] maps with
+    strides [1, 2, 2]."""
+    start = config.glimpse_size[0] // 4 * (config.glimpse_size[1] // 4)
+    cnn = SharedCNN([16, 32, 32, 64], [2, 2, 1, 1])
+    return _conv_networks(config, cnn, [256, 32 * start], [32, 64, 64], [1, 2, 2])
+
+
+@register("networks", "conv_pedestrians")
+def conv_pedestrian_networks(config: Config) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """The pedestrian model's networks (App. E): a CNN with [16, 32, 64, 64] maps and strides
+    [2, 2, 2, 1]; a decoder from FC [128, 1344] (64 maps of 7x3 for 28x12 glimpses) through
+    [64, 64] maps with strides [2, 2]. With the preset's 128-unit layers the model and guide
+    have 1.68M parameters, where the paper states 3.5M: the description accounts for no
+    more (the image encoder's layer reads 8x8x64 maps of a 64x64 crop), so the original
+    must have had layers it does not mention."""
+    start = config.glimpse_size[0] // 4 * (config.glimpse_size[1] // 4)
+    cnn = SharedCNN([16, 32, 64, 64], [2, 2, 2, 1])
+    return _conv_networks(config, cnn, [128, 64 * start], [64, 64], [2, 2])
 
 
 def discovery_rnn(

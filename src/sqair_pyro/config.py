@@ -269,15 +269,32 @@ SQAIR_RECIPE: dict[str, Any] = dict(
     propagation_warmup_steps=2000,
 )
 
+#: The pedestrian model (App. E) on real-video crops (``sqair-pyro make-data --video``): 64x64
+#: crops, 28x12 glimpses for the aspect of a walking person, 128-unit layers, a curriculum
+#: from 3 to 5 frames; otherwise the MLP-SQAIR recipe without its AIR warm start.
+PEDESTRIAN_RECIPE: dict[str, Any] = dict(
+    CPU_RECIPE,
+    encoder="conv_pedestrians",
+    hidden=128,
+    image_size=(64, 64),
+    glimpse_size=(28, 12),
+    num_frames=5,
+    curriculum_start=3,
+    discovery_prior="categorical",
+    categorical_init_rho=0.01,
+)
+
 PRESETS: dict[str, Config] = {
     "mlp-sqair": Config(**SQAIR_RECIPE),
     "conv-sqair": Config(encoder="conv", hidden=128, **CPU_RECIPE),
     "mlp-air": Config(model="air", num_frames=1, curriculum_start=1, **CPU_RECIPE),
+    "conv-sqair-pedestrians": Config(**PEDESTRIAN_RECIPE),
 }
 
 
 def preset(name: str, **overrides: Any) -> Config:
-    """A named preset (``mlp-sqair``, ``conv-sqair``, ``mlp-air``) with optional overrides."""
+    """A named preset (``mlp-sqair``, ``conv-sqair``, ``mlp-air``, ``conv-sqair-pedestrians``)
+    with optional overrides."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name].replace(**overrides)
