@@ -28,6 +28,13 @@ from sqair_pyro.build import build
 from sqair_pyro.checkpoint import read_checkpoint, save_checkpoint
 from sqair_pyro.config import Config
 from sqair_pyro.data import available, check_frames, load_npz, split_file
+from sqair_pyro.distributed import (
+    ALONE,
+    Workers,
+    average_gradients,
+    broadcast_parameters,
+    setup,
+)
 from sqair_pyro.infer import VIMCO_ELBO
 from sqair_pyro.nn.precision import keep_float32_outputs, matmul_precision
 from sqair_pyro.optim import clip_by_component, components
@@ -52,6 +59,8 @@ RESUMABLE_CHANGES = frozenset(
 )
 
 
+#: Process ``r`` of a data-parallel run seeds its sampling noise ``seed + r * this``.
+RANK_SEED_STRIDE = 100_003
 #: The fewest training sequences a run accepts: a fifth of them validates.
 MIN_SEQUENCES = 5
 
@@ -174,7 +183,15 @@ class SequenceBatches:
     frame on its own for AIR (``num_frames`` = 1: frames as images, App. D.1).
     """
 
-    def __init__(self, arrays: dict[str, np.ndarray], window: int, seed: int) -> None:
+    def __init__(
+        self,
+        arrays: dict[str, np.ndarray],
+        window: int,
+        seed: int,
+        workers: Workers = ALONE,
+    ) -> None:
+        """``workers``: under data-parallel training this process takes its shard of the
+        sequences (every ``world``-th) and its own random stream (``seed + rank``)."""
         images, counts = arrays["images"], arrays.get("counts")
         pieces = images.shape[1] // window
         if pieces < 1:
@@ -183,9 +200,10 @@ class SequenceBatches:
         def windows(a: np.ndarray) -> np.ndarray:
             return a[:, : pieces * window].reshape(-1, window, *a.shape[2:])
 
-        self.images = windows(images)
-        self.counts = None if counts is None else windows(counts)
-        self.generator = torch.Generator().manual_seed(seed)
+        shard = workers.shard(len(images))
+        self.images = windows(images[shard])
+        self.counts = None if counts is None else windows(counts[shard])
+        self.generator = torch.Generator().manual_seed(seed + workers.rank)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -241,6 +259,7 @@ class Trainer:
         programs: tuple[nn.Module, nn.Module] | None = None,
         objective: pyro.infer.ELBO | None = None,
         optimizer: Callable[[list[dict[str, Any]]], torch.optim.Optimizer] | None = None,
+        workers: Workers = ALONE,
     ) -> None:
         """Build the programs, the objective and the optimiser.
 
@@ -254,7 +273,10 @@ class Trainer:
         :param optimizer: a torch optimiser from the parameter groups (each with its ``lr``,
             :func:`parameter_groups`), e.g. ``lambda groups: torch.optim.SGD(groups)``;
             default: the one ``config.optimizer`` names (:func:`make_optimizer`).
+        :param workers: this process's place in data-parallel training
+            (:mod:`sqair_pyro.distributed`); alone by default.
         """
+        self.workers = workers
         self.config = config
         self.device = torch.device(device)
         pyro.set_rng_seed(config.seed)
@@ -270,6 +292,9 @@ class Trainer:
         self.initialised: list[str] = []
         if config.init_from and initialise:
             self.initialised = warm_start(self.model, self.guide, config.init_from)
+        broadcast_parameters((self.model, self.guide), workers)
+        if workers.rank:  # its own sampling noise; rank 0 keeps a lone process's stream
+            pyro.set_rng_seed(config.seed + RANK_SEED_STRIDE * workers.rank)
         groups = parameter_groups(config, {"model": self.model, "guide": self.guide})
         self.params = [p for group in groups for p in group["params"]]
         self.components = components(
@@ -299,6 +324,7 @@ class Trainer:
             surrogate, loss = surrogate_loss(
                 self.elbo, self.model, self.capture, images, **self.phase()
             )
+        loss = self.workers.sum(loss) / self.workers.world  # the same on every process
         if not math.isfinite(loss):
             raise TrainingDivergedError(
                 f"loss became {loss} at step {self.step_count}; "
@@ -306,6 +332,7 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         (surrogate / images.shape[0]).backward()
+        average_gradients(self.params, self.workers)
         grad_norm, clipped = self.clip_gradients()
         if not math.isfinite(grad_norm):
             raise TrainingDivergedError(
@@ -315,13 +342,16 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.step_count += 1
-        z_pres = self.capture.latents["z_pres"].detach().cpu()
-        ids = self.capture.latents.get("ids")
+        # Object metrics where the guide returns objects (any pair may be trained).
+        latents = self.capture.latents or {}
+        z_pres, ids = latents.get("z_pres"), latents.get("ids")
         return {
-            "new_objects": float("nan") if ids is None else new_objects_per_frame(ids.cpu()),
+            "new_objects": math.nan if ids is None else new_objects_per_frame(ids.cpu()),
             "bound": -loss / images.shape[0],
-            "counting_accuracy": counting_accuracy(z_pres, counts),
-            "objects": z_pres.sum((-2, -1)).mean().item(),
+            "counting_accuracy": math.nan
+            if z_pres is None
+            else counting_accuracy(z_pres.cpu(), counts),
+            "objects": math.nan if z_pres is None else z_pres.sum((-2, -1)).mean().item(),
             "grad_norm": grad_norm,
             "clipped": clipped,
             "lr": self.config.lr * self.lr_factor() * self.config.lr_decay**self.rollbacks,
@@ -379,13 +409,14 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, batches: SequenceBatches, num_frames: int, batch_size: int) -> float:
-        """The IWAE bound per datum (the training objective's value) on a whole split."""
+        """The IWAE bound per datum (the training objective's value) on a whole split; under
+        data-parallel training each process takes its shard and the sums are combined."""
         total = 0.0
-        for start in range(0, len(batches), batch_size):
-            index = np.arange(start, min(start + batch_size, len(batches)))
-            images, _ = batches.get(index, num_frames)
+        rows = np.arange(len(batches))[self.workers.shard(len(batches))]
+        for start in range(0, len(rows), batch_size):
+            images, _ = batches.get(rows[start : start + batch_size], num_frames)
             total += -self.elbo.loss(self.model, self.guide, images.to(self.device))
-        return total / len(batches)
+        return self.workers.sum(total) / len(batches)
 
     def state(self, batches: SequenceBatches) -> dict[str, Any]:
         """Everything besides the weights that an exact resume needs."""
@@ -402,7 +433,10 @@ class Trainer:
         }
 
     def save(self, path: Path, batches: SequenceBatches) -> None:
-        save_checkpoint(path, self.config, self.model, self.guide, **self.state(batches))
+        """Rank 0 writes (the state of its own random streams); the others wait for it."""
+        if self.workers.main:
+            save_checkpoint(path, self.config, self.model, self.guide, **self.state(batches))
+        self.workers.barrier()
 
     def restore(self, path: Path, batches: SequenceBatches) -> None:
         """Continue exactly where the checkpoint at ``path`` stopped."""
@@ -425,6 +459,11 @@ class Trainer:
         self.use_base_lrs([rate * self.config.lr_decay**self.rollbacks for rate in self.base_lrs])
         torch.set_rng_state(payload["torch_rng"])
         batches.generator.set_state(payload["batch_rng"])
+        if self.workers.rank:  # rank 0's streams are saved; the others start anew from here
+            pyro.set_rng_seed(
+                self.config.seed + RANK_SEED_STRIDE * self.workers.rank + payload["step"]
+            )
+            batches.generator.manual_seed(self.config.seed + self.workers.rank + payload["step"])
         self.step_count = payload["step"]
         self.best_validation = payload["best_validation"]
         self.validations_without_improvement = payload["validations_without_improvement"]
@@ -448,10 +487,17 @@ class MetricsLog:
         "new_objects",
     )
 
-    def __init__(self, out_dir: Path, tensorboard: bool = True, after_step: int = 0) -> None:
+    def __init__(
+        self, out_dir: Path, tensorboard: bool = True, after_step: int = 0, write: bool = True
+    ) -> None:
         """Append to ``out_dir/metrics.csv``; a resumed run (``after_step`` > 0) first drops
-        the rows logged after its checkpoint's step, which it is about to log again."""
+        the rows logged after its checkpoint's step, which it is about to log again.
+        ``write=False`` (a data-parallel process other than rank 0): log nothing."""
         self.path = out_dir / "metrics.csv"
+        self.file: Any = None
+        self.tensorboard = None
+        if not write:
+            return
         new = not self.path.exists()
         fields = self.FIELDS
         if not new:  # a resumed run keeps its file's columns
@@ -466,7 +512,6 @@ class MetricsLog:
         self.writer = csv.DictWriter(self.file, fieldnames=fields, extrasaction="ignore")
         if new:
             self.writer.writeheader()
-        self.tensorboard = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -476,6 +521,8 @@ class MetricsLog:
                 self.tensorboard = SummaryWriter(str(out_dir / "tensorboard"))
 
     def write(self, row: dict[str, float]) -> None:
+        if self.file is None:
+            return
         self.writer.writerow(row)
         self.file.flush()
         if self.tensorboard is not None:
@@ -484,7 +531,8 @@ class MetricsLog:
                     self.tensorboard.add_scalar(key, value, row["step"])
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
         if self.tensorboard is not None:
             self.tensorboard.close()
 
@@ -568,6 +616,8 @@ def train(
     """
     torch.set_flush_denormal(True)
     pyro.enable_validation(False)
+    workers, device = setup(device)
+    progress = progress and workers.main
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     last, best = out_dir / "last.pt", out_dir / "best.pt"
@@ -581,15 +631,15 @@ def train(
             f"validation_size, is held out for validation), got {len(arrays['images'])}"
         )
     train_arrays, valid_arrays = split_validation(arrays, config.validation_size)
-    batches = SequenceBatches(train_arrays, config.num_frames, seed=config.seed)
+    batches = SequenceBatches(train_arrays, config.num_frames, config.seed, workers)
     valid = SequenceBatches(valid_arrays, config.num_frames, seed=config.seed + 1)
     resuming = resume and last.exists()
-    trainer = Trainer(config, device, initialise=not resuming)
+    trainer = Trainer(config, device, initialise=not resuming, workers=workers)
     if resuming:
         trainer.restore(last, batches)
     elif not resume and last.exists():
         raise FileExistsError(f"{last} exists: pass --resume to continue, or another --out")
-    log = MetricsLog(out_dir, after_step=trainer.step_count)
+    log = MetricsLog(out_dir, after_step=trainer.step_count, write=workers.main)
     started, elapsed_before = time.perf_counter(), trainer.elapsed_s
     bar = tqdm(
         total=config.num_steps, initial=trainer.step_count, disable=not progress, desc="train"
@@ -619,13 +669,13 @@ def _loop(
     last, best = out_dir / "last.pt", out_dir / "best.pt"
     running: dict[str, float] = {}
     while trainer.step_count < config.num_steps:
-        if stop.received is not None:
+        if trainer.workers.any(stop.received is not None):  # every process stops together
             trainer.save(last, batches)
-            name = signal.Signals(stop.received).name
+            name = signal.Signals(stop.received or signal.SIGTERM).name
             raise TrainingInterruptedError(
                 f"stopped by {name} at step {trainer.step_count}; {last} holds that state "
                 "(continue with --resume)",
-                stop.received,
+                stop.received or signal.SIGTERM,
             )
         frames = frames_for_step(config, trainer.step_count)
         metrics = trainer.step(*batches.sample(config.batch_size, frames))
