@@ -140,3 +140,33 @@ def test_evaluate_marks_proxy_ground_truth(video, tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["proxy_ground_truth"] is True and "mota" in report
     assert ", proxy ground truth" in capsys.readouterr().out
+
+
+def test_track_writes_mot_tracks_in_video_pixels(video, tmp_path, capsys):
+    """`track` over the synthetic video with an (untrained) model of 48x48 windows: one MOT
+    row per box, frames and boxes in the video's own numbering and pixels, and a GIF."""
+    from sqair_pyro.build import build
+    from sqair_pyro.checkpoint import save_checkpoint
+    from sqair_pyro.config import preset
+
+    config = preset("conv-sqair-pedestrians", image_size=(48, 48), num_frames=4)
+    checkpoint = save_checkpoint(tmp_path / "c.pt", config, *build(config))
+    args = ["track", "--checkpoint", str(checkpoint), "--video", str(video), "--out"]
+    small = ["--resize", "60", "80", "--every", "2"]
+    assert main([*args, str(tmp_path / "t"), *small]) == 0
+    assert "MOTChallenge format" in capsys.readouterr().out
+    rows = np.loadtxt(tmp_path / "t" / "tracks.txt", delimiter=",", ndmin=2)
+    assert rows.shape[1] == 10 and len(rows) > 0
+    frames, ids, boxes = rows[:, 0], rows[:, 1], rows[:, 2:6]
+    # 70 frames kept (every 2nd of the video): 17 chunks of 4, video frames 1, 3, .., 135.
+    assert set(frames) <= set(range(1, 136, 2)) and (ids >= 0).all()
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 0] + boxes[:, 2] <= WIDTH + 1e-3).all()
+    assert (boxes[:, 1] + boxes[:, 3] <= HEIGHT + 1e-3).all()
+    assert (tmp_path / "t" / "tracks.gif").stat().st_size > 1000
+    # Frames smaller than the model's window, or fewer than its T: one line each.
+    for extra, message in (
+        (["--resize", "30", "40"], "smaller than the model's 48"),
+        (["--resize", "60", "80", "--max-frames", "3"], "3 frames, fewer than the model's 4"),
+    ):
+        assert main([*args, str(tmp_path / "u"), *extra]) == 1
+        assert message in capsys.readouterr().err.strip().split("\n")[-1]

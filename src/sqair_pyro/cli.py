@@ -87,6 +87,18 @@ def cmd_make_data(args: argparse.Namespace) -> None:
     print(f"wrote {train_path} and {test_path}")
 
 
+def cmd_track(args: argparse.Namespace) -> None:
+    from sqair_pyro.data.video import VideoDataConfig
+    from sqair_pyro.track import track_video
+
+    config = VideoDataConfig(resize=tuple(args.resize), every=args.every)
+    result = track_video(args.checkpoint, args.video, args.out, config, args.max_frames, args.seed)
+    print(
+        f"{result['boxes']} boxes of {result['identities']} identities over {result['frames']} "
+        f"frames: {result['tracks']} (MOTChallenge format), {result['gif']}"
+    )
+
+
 def cmd_import_frames(args: argparse.Namespace) -> None:
     from sqair_pyro.data.frames import import_frames
 
@@ -371,6 +383,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-area", type=_positive, help="pixels of a proxy object (40)")
     p.add_argument("--every", type=_positive, help="keep every n-th frame (1)")
     p.set_defaults(func=cmd_make_data)
+
+    p = sub.add_parser(
+        "track",
+        help="a model's tracks over a whole video: MOTChallenge text file and annotated GIF",
+    )
+    p.add_argument("--checkpoint", type=Path, required=True, help="a model of real-video crops")
+    p.add_argument("--video", type=Path, required=True, help="a video file or folder of frames")
+    p.add_argument("--out", type=Path, required=True, help="directory for tracks.txt, tracks.gif")
+    p.add_argument(
+        "--resize", type=_positive, nargs=2, default=[240, 320], metavar=("H", "W"),
+        help="as the model's training data were made (make-data --video)",
+    )  # fmt: skip
+    p.add_argument("--every", type=_positive, default=1, help="keep every n-th frame")
+    p.add_argument("--max-frames", type=_positive, help="only the first frames")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=_non_negative, default=0, help="torch threads (0: default)")
+    p.set_defaults(func=cmd_track)
 
     p = sub.add_parser(
         "import-frames",

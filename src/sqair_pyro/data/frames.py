@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from .format import metadata_array, save_npz
 
-__all__ = ["IMAGE_SUFFIXES", "import_frames", "read_frames", "to_sequences"]
+__all__ = ["IMAGE_SUFFIXES", "frame_size", "import_frames", "read_frames", "to_sequences"]
 
 #: Image files a folder of frames may hold (read in name order; other files are ignored).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
@@ -46,6 +46,22 @@ def _folder_frames(files: list[Path]) -> Iterator[np.ndarray]:
         if frame is None:
             raise ValueError(f"{path}: OpenCV cannot read it as an image")
         yield frame
+
+
+def frame_size(source: str | os.PathLike) -> tuple[int, int]:
+    """``(height, width)`` of the frames of a video file or a folder of images, as stored."""
+    source = Path(source)
+    if source.is_dir():
+        first = next(_folder_frames(_image_files(source)))
+        return first.shape[0], first.shape[1]
+    capture = cv2.VideoCapture(str(source))
+    try:
+        if not capture.isOpened():
+            raise ValueError(f"{source}: OpenCV cannot open it as a video")
+        size = capture.get(cv2.CAP_PROP_FRAME_HEIGHT), capture.get(cv2.CAP_PROP_FRAME_WIDTH)
+    finally:
+        capture.release()
+    return int(size[0]), int(size[1])
 
 
 def read_frames(

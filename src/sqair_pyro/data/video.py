@@ -85,8 +85,6 @@ class VideoDataConfig:
         for name in ("crop", "length", "max_objects", "min_area", "every", "history"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if min(self.resize) < self.crop:
-            raise ValueError(f"frames resized to {self.resize} are smaller than a {self.crop} crop")
         if not 0 < self.train_fraction < 1:
             raise ValueError(f"train_fraction must be in (0, 1), got {self.train_fraction}")
         if not 0 <= self.min_objects <= self.max_objects:
@@ -248,6 +246,8 @@ def make_video_data(
     ground truth; see the module docstring. ``video``: a file OpenCV reads or a folder of
     frames."""
     config = VideoDataConfig() if config is None else config
+    if min(config.resize) < config.crop:
+        raise ValueError(f"frames resized to {config.resize} are smaller than a {config.crop} crop")
     frames = read_frames(video, config.resize, grey=False, every=config.every)
     usable = len(frames) - config.warmup
     if usable < 2 * config.length:
