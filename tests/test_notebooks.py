@@ -7,6 +7,7 @@ repository. The executed copy is never written back.
 """
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -78,3 +79,11 @@ def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
     assert reported == sys.executable, f"the kernel ran {reported}, not {sys.executable}"
     # The notebook wrote where it was told to, not into the repository.
     assert (tmp_path / "runs" / "notebooks").is_dir()
+    # Notebook 01's SVI loop must not make the model worse: the held-out bound (same draws
+    # before and after) may not fall by more than 0.5 nats per frame.
+    text = "".join(o.get("text", "") for cell in notebook.cells for o in cell.get("outputs", []))
+    found = re.search(r"held-out bound per frame: (\S+) before, (\S+) after", text)
+    if path.name.startswith("01_"):
+        before, after = float(found.group(1)), float(found.group(2))
+        print(f"{path.name}: held-out bound per frame {before} -> {after}")
+        assert after >= before - 0.5, (before, after)

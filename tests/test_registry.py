@@ -88,7 +88,10 @@ def test_registry_basics():
     for bad, message in (
         (lambda: registry.register("prior"), "unknown component kind 'prior'"),
         (lambda: registry.spec({"scale": 3}), "a component is a name or a dict with a 'name'"),
-        (lambda: registry.component("model", "vrnn"), "unknown model 'vrnn'; registered: air"),
+        (
+            lambda: registry.component("model", "crnn"),
+            "unknown model .crnn.; registered: air, sqair, vrnn",
+        ),
         (lambda: registry.import_module("no_such_module_here"), "cannot import component"),
     ):
         with pytest.raises(ValueError, match=message):

@@ -121,7 +121,10 @@ def extract_features(
         b = frames.shape[0]
         with PosteriorMeans() if features == "mean" else contextlib.nullcontext():
             latents = guide(frames)  # one posterior sample, (B, T, N, .)
-        per_frame = frame_features(latents["z_what"], latents["z_pres"])
+        if "z_pres" in latents:  # a model of objects: their appearances
+            per_frame = frame_features(latents["z_what"], latents["z_pres"])
+        else:  # one latent vector per frame (a VRNN): all of it, as the paper (App. D.4)
+            per_frame = latents["z"]
         out.append(per_frame.reshape(b, num_frames, -1).float().cpu())
     return torch.cat(out)
 

@@ -8,6 +8,7 @@ from torch import nn
 from sqair_pyro.config import Config
 from sqair_pyro.guides.air import AIRGuide, DiscoveryRNN
 from sqair_pyro.guides.sqair import PropagationRNNs, SQAIRGuide
+from sqair_pyro.guides.vrnn import VRNNGuide
 from sqair_pyro.models.air import AIRModel
 from sqair_pyro.models.likelihood import AdditiveSTLikelihood
 from sqair_pyro.models.priors import (
@@ -18,6 +19,7 @@ from sqair_pyro.models.priors import (
     WhatWherePrior,
 )
 from sqair_pyro.models.sqair import SQAIRModel
+from sqair_pyro.models.vrnn import VRNNCore, VRNNDecoder, VRNNModel
 from sqair_pyro.nn.modules import (
     MLP,
     ConvEncoder,
@@ -105,6 +107,19 @@ def conv_pedestrian_networks(config: Config) -> tuple[nn.Module, nn.Module, nn.M
     return _conv_networks(config, cnn, [128, 64 * start], [64, 64], [2, 2])
 
 
+@register("networks", "mlp_vrnn")
+def mlp_vrnn_networks(
+    config: Config, z_dim: int = 165, layers: int = 3
+) -> tuple[nn.Module, None, nn.Module]:
+    """MLP-VRNN's networks (App. D.3, the paper's medium size): the core shared by model and
+    guide (``psi_x``, ``psi_z`` of ``layers`` layers of ``hidden`` units, an LSTM of
+    ``hidden``) in the encoder's place, no glimpse encoder, and ``psi_dec``; ``z_dim`` 165,
+    the most latent dimensions SQAIR uses per frame."""
+    core = VRNNCore(config.image_size, z_dim, config.hidden, layers, config.hidden)
+    core.layers = layers
+    return core, None, VRNNDecoder(core, config.image_size, config.hidden, layers)
+
+
 def discovery_rnn(
     config: Config,
     glimpse_encoder: nn.Module,
@@ -189,6 +204,18 @@ def sqair_guide(config: Config, image_encoder: nn.Module, glimpse_encoder: nn.Mo
     )
 
 
+@register("model", "vrnn")
+def vrnn_model(config: Config, decoder: VRNNDecoder) -> VRNNModel:
+    """The VRNN baseline (Chung et al. 2015; App. D.3), around its networks' decoder."""
+    return VRNNModel(decoder, config.hidden, decoder.core.layers, config.obs_sd)
+
+
+@register("guide", "vrnn")
+def vrnn_guide(config: Config, core: VRNNCore, glimpse_encoder: None) -> VRNNGuide:
+    """The VRNN's inference network, on the model's own core."""
+    return VRNNGuide(core, config.hidden, core.layers)
+
+
 def build(config: Config) -> tuple[nn.Module, nn.Module]:
     """``(model, guide)`` as nn.Modules whose ``forward`` are the Pyro programs.
 
@@ -211,5 +238,6 @@ def baseline_network(config: Config) -> nn.Module:
 
 
 def num_parameters(*modules: nn.Module) -> int:
-    """Trainable parameters of the given modules together."""
-    return sum(p.numel() for m in modules for p in m.parameters() if p.requires_grad)
+    """Trainable parameters of the given modules together (a shared one counted once)."""
+    unique = {id(p): p for m in modules for p in m.parameters() if p.requires_grad}
+    return sum(p.numel() for p in unique.values())

@@ -179,7 +179,8 @@ class Config:
     @property
     def model_name(self) -> str:
         """``ENCODER-MODEL`` as the paper names models, e.g. ``MLP-SQAIR``."""
-        return f"{spec(self.encoder)[0].upper()}-{spec(self.model)[0].upper()}"
+        family = spec(self.encoder)[0].split("_")[0]  # "conv_pedestrians": CONV
+        return f"{family.upper()}-{spec(self.model)[0].upper()}"
 
     def to_dict(self) -> dict[str, Any]:
         """The nested form: ``{"model": {"name": ..., ...}, "guide": {...}, "training": {...},
@@ -289,6 +290,8 @@ PRESETS: dict[str, Config] = {
     "conv-sqair": Config(encoder="conv", hidden=128, **CPU_RECIPE),
     "mlp-air": Config(model="air", num_frames=1, curriculum_start=1, **CPU_RECIPE),
     "conv-sqair-pedestrians": Config(**PEDESTRIAN_RECIPE),
+    # The VRNN baseline (App. D.3, medium size), trained like SQAIR (curriculum, K=5, Adam).
+    "mlp-vrnn": Config(model="vrnn", encoder={"name": "mlp_vrnn", "z_dim": 165, "layers": 3}),
 }
 
 

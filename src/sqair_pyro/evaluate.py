@@ -340,17 +340,20 @@ def evaluate(
         sums["log_px_given_z"].append(per_sequence(terms["log_px_given_z"]))
         sums["kl"].append(per_sequence(terms["kl"]))
         latents = terms["latents"]
-        boxes, ids = predicted_boxes(model, latents, (height, width), box_mode, content_threshold)
-        boxes, ids, z_pres = boxes.cpu(), ids.cpu(), latents["z_pres"].detach().cpu()
-        all_boxes.append(boxes)
-        all_ids.append(ids)
-        if has["counting accuracy (paper's)"]:
-            sequence_digits = num_digits(arrays["labels"][start:stop])
-            hits.append(counting_hits(z_pres, sequence_digits))
-            digits.append(sequence_digits)
-        if has["counting accuracy (visible)"]:
-            hits_visible.append(counting_hits(z_pres, arrays["counts"][start:stop]))
-        inferred.append(z_pres.squeeze(-1).sum(-1).round().long())
+        if "z_pres" in latents:  # a model of objects (not a VRNN): count and track them
+            boxes, ids = predicted_boxes(
+                model, latents, (height, width), box_mode, content_threshold
+            )
+            boxes, ids, z_pres = boxes.cpu(), ids.cpu(), latents["z_pres"].detach().cpu()
+            all_boxes.append(boxes)
+            all_ids.append(ids)
+            if has["counting accuracy (paper's)"]:
+                sequence_digits = num_digits(arrays["labels"][start:stop])
+                hits.append(counting_hits(z_pres, sequence_digits))
+                digits.append(sequence_digits)
+            if has["counting accuracy (visible)"]:
+                hits_visible.append(counting_hits(z_pres, arrays["counts"][start:stop]))
+            inferred.append(z_pres.squeeze(-1).sum(-1).round().long())
 
         estimate = log_px(model, guide, frames, num_particles, chunk_size)
         sums["log_px"].append(per_sequence(estimate))
@@ -369,7 +372,9 @@ def evaluate(
     if hits_visible:
         counting["counting_accuracy_visible"] = torch.cat(hits_visible).float().mean().item()
     tracking: dict[str, Any] = {}  # no ground-truth boxes: no tracking keys in the report
-    if has["tracking metrics"]:
+    if not all_ids:
+        print(f"note: {config.model_name} has no objects: no counting or tracking", file=sys.stderr)
+    if has["tracking metrics"] and all_ids:
         tracking = tracking_metrics(
             torch.cat(all_boxes),
             torch.cat(all_ids),
@@ -385,8 +390,8 @@ def evaluate(
     report["elbo"] = report["log_px_given_z"] - report["kl"]
     report.update(
         **counting,
-        mean_inferred_count=torch.cat(inferred).float().mean().item(),
-        new_objects_per_frame=new_objects_per_frame(torch.cat(all_ids)),
+        mean_inferred_count=torch.cat(inferred).float().mean().item() if inferred else None,
+        new_objects_per_frame=new_objects_per_frame(torch.cat(all_ids)) if all_ids else None,
         **tracking,
         iou_threshold=float(iou_threshold),
         box_mode=box_mode,

@@ -86,8 +86,13 @@ def _images(arrays: Mapping[str, np.ndarray], indices: list[int]) -> torch.Tenso
     return torch.from_numpy(frames).float() / 255.0
 
 
-def _numpy(latents: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    return {key: value.detach().cpu().numpy() for key, value in latents.items()}
+def _at(values: np.ndarray | None, index: int) -> np.ndarray | None:
+    """``values[index]``, or None for a model without objects (no boxes, no ids)."""
+    return None if values is None else values[index]
+
+
+def _numpy(latents: Mapping[str, torch.Tensor | None]) -> dict[str, np.ndarray | None]:
+    return {k: None if v is None else v.detach().cpu().numpy() for k, v in latents.items()}
 
 
 @torch.no_grad()
@@ -103,14 +108,17 @@ def reconstruction_data(
     pyro.set_rng_seed(seed)
     height, width = images.shape[-2:]
     latents = reconstruct(model, guide, images)
-    boxes, ids = boxes_and_ids(latents, (height, width))
-    out = {
-        "canvas": latents["canvas"].clamp(0, 1),
-        "boxes": boxes,
-        "ids": ids,
-        **{key: latents[key] for key in ("z_pres", "z_where", "z_what")},
-    }
+    out = {"canvas": latents["canvas"].clamp(0, 1), **_objects(latents, (height, width))}
     return _numpy({"images": images, **out})
+
+
+def _objects(latents: Mapping[str, torch.Tensor], image_size: tuple[int, int]) -> dict:
+    """``boxes``, ``ids`` and the object latents of a model of objects; ``boxes`` and ``ids``
+    None for one without (a VRNN), whose figures then show frames only."""
+    if "z_pres" not in latents:
+        return {"boxes": None, "ids": None}
+    boxes, ids = boxes_and_ids(dict(latents), image_size)
+    return {"boxes": boxes, "ids": ids, **{k: latents[k] for k in ("z_pres", "z_where", "z_what")}}
 
 
 @torch.no_grad()
@@ -166,7 +174,11 @@ def prior_data(
     temporal = getattr(model, "temporal", False)
     draws = 1 if temporal else AIR_PRIOR_DRAWS
     latents = model(None, num_frames=num_frames, batch_size=num_samples * draws)
-    boxes, ids = boxes_and_ids(latents, config.image_size)
+    objects = _objects(latents, config.image_size)
+    if objects["ids"] is None:  # no objects to show first: the first samples
+        canvas = latents["canvas"][:num_samples].clamp(0, 1)
+        return {**_numpy({"canvas": canvas}), "boxes": None, "ids": None, "with_objects": None}
+    boxes, ids = objects["boxes"], objects["ids"]
     out = {"canvas": latents["canvas"].clamp(0, 1), "boxes": boxes, "ids": ids}
     has_objects = (ids >= 0).any(-1)
     fraction = float(has_objects.float().mean())
@@ -338,7 +350,9 @@ def write_figures(
     rows = []
     for s, i in enumerate(indices):
         rows.append((f"seq {i}: input", recon["images"][s], None, None))
-        rows.append(("reconstruction", recon["canvas"][s], recon["boxes"][s], recon["ids"][s]))
+        rows.append(
+            ("reconstruction", recon["canvas"][s], _at(recon["boxes"], s), _at(recon["ids"], s))
+        )
     how = "each frame inferred alone" if air else "box colour = identity"
     wrote(
         plot_sequences(
@@ -350,7 +364,7 @@ def write_figures(
     panels = [
         [(f"seq {i}", recon["images"][s], None, None) for s, i in enumerate(indices)],
         [
-            ("reconstruction", recon["canvas"][s], recon["boxes"][s], recon["ids"][s])
+            ("reconstruction", recon["canvas"][s], _at(recon["boxes"], s), _at(recon["ids"], s))
             for s in range(len(indices))
         ],
     ]
@@ -358,13 +372,18 @@ def write_figures(
 
     # 2. Glimpses over time (SQAIR only).
     if data["glimpses"] is None:
-        _note(progress, "skipped glimpses.png: AIR has no object identities across frames")
+        _note(progress, f"skipped glimpses.png: {name} has no object identities across frames")
     else:
         sequences = []
         for s, i in enumerate(indices):
             seq_rows = [
                 ("input", recon["images"][s], None, None),
-                ("reconstruction", recon["canvas"][s], recon["boxes"][s], recon["ids"][s]),
+                (
+                    "reconstruction",
+                    recon["canvas"][s],
+                    _at(recon["boxes"], s),
+                    _at(recon["ids"], s),
+                ),
             ]
             sequences.append((f"seq {i}", seq_rows, data["glimpses"][s]))
         wrote(
@@ -380,10 +399,12 @@ def write_figures(
     prior = data["prior"]
     label = "samples" if air else "sample"
     prior_rows = [
-        (f"{label} {s}", prior["canvas"][s], prior["boxes"][s], prior["ids"][s])
+        (f"{label} {s}", prior["canvas"][s], _at(prior["boxes"], s), _at(prior["ids"], s))
         for s in range(len(prior["canvas"]))
     ]
-    if air:
+    if prior["ids"] is None:
+        prior_title = f"{name}: sequences sampled from the prior"
+    elif air:
         prior_title = (
             f"{name}: independent images sampled from the prior (AIR has no time), those with "
             f"objects first; {prior['with_objects']:.1%} of {AIR_PRIOR_DRAWS}x as many draws "
@@ -403,7 +424,11 @@ def write_figures(
     # 4. Conditional generation (SQAIR only).
     cond = data["conditional"]
     if cond is None:
-        reason = "AIR cannot predict frames" if air else f"needs more than {NUM_OBSERVED} frames"
+        reason = (
+            f"{name} has no temporal prior of objects"
+            if air
+            else f"needs more than {NUM_OBSERVED} frames"
+        )
         _note(progress, f"skipped conditional_generation.png/.gif: {reason}")
     else:
         seen = cond["num_observed"]
