@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from sqair_pyro.distributions import IsotropicNormal
-from sqair_pyro.nn.modules import MLP, GaussianHead, bcat
+from sqair_pyro.nn.modules import MLP, ConvEncoder, GaussianHead, SharedCNN, bcat
 
 
 def _mlp(n_in: int, hidden: int, layers: int) -> nn.Sequential:
@@ -31,15 +31,74 @@ def _mlp(n_in: int, hidden: int, layers: int) -> nn.Sequential:
     return nn.Sequential(MLP([n_in, *[hidden] * layers]), nn.ELU())
 
 
+class FrameCNN(nn.Module):
+    """CONV-VRNN's ``psi_x``: 3x3 convolutions with ``channels`` maps and ``strides`` (ELU),
+    then one fully connected layer to ``hidden`` features; reads flattened frames, as the
+    MLP's ``psi_x`` does."""
+
+    def __init__(
+        self, image_size: tuple[int, int], channels: list[int], strides: list[int], hidden: int
+    ) -> None:
+        super().__init__()
+        self.image_size = tuple(image_size)
+        self.cnn = ConvEncoder(SharedCNN(channels, strides), image_size, hidden)
+
+    def forward(self, flat: torch.Tensor) -> torch.Tensor:
+        return self.cnn(flat.unflatten(-1, self.image_size))
+
+
+class TransposedCNNDecoder(nn.Module):
+    """CONV-VRNN's ``psi_dec`` body: a fully connected layer to ``channels[0]`` maps of
+    ``ceil(H / prod(strides))`` pixels a side, 3x3 transposed convolutions with ``channels``
+    maps upsampling by ``strides`` (ELU), a 1x1 convolution to one map, cropped to the frame
+    and flattened (..., H * W), as the MLP's output."""
+
+    def __init__(
+        self,
+        n_in: int,
+        image_size: tuple[int, int],
+        channels: list[int],
+        strides: list[int],
+    ) -> None:
+        super().__init__()
+        self.image_size = tuple(image_size)
+        self.start = tuple(math.ceil(size / math.prod(strides)) for size in image_size)
+        self.fc = nn.Sequential(nn.Linear(n_in, channels[0] * math.prod(self.start)), nn.ELU())
+        layers: list[nn.Module] = []
+        for c_in, c_out, stride in zip(
+            channels, [*channels[1:], channels[-1]], strides, strict=True
+        ):
+            layers += [
+                nn.ConvTranspose2d(c_in, c_out, 3, stride, padding=1, output_padding=stride - 1),
+                nn.ELU(),
+            ]
+        self.net = nn.Sequential(*layers, nn.Conv2d(channels[-1], 1, 1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        lead = features.shape[:-1]
+        maps = self.fc(features).reshape(lead.numel(), -1, *self.start)
+        out = self.net(maps)[:, 0, : self.image_size[0], : self.image_size[1]]
+        return out.reshape(*lead, math.prod(self.image_size))
+
+
 class VRNNCore(nn.Module):
     """What the model and the guide share: ``psi_x``, ``psi_z`` and the LSTM."""
 
     def __init__(
-        self, image_size: tuple[int, int], z_dim: int, hidden: int, layers: int, lstm: int
+        self,
+        image_size: tuple[int, int],
+        z_dim: int,
+        hidden: int,
+        layers: int,
+        lstm: int,
+        psi_x: nn.Module | None = None,
     ) -> None:
+        """``psi_x``: flattened frames (..., H * W) to ``hidden`` features; default an MLP of
+        ``layers`` layers (MLP-VRNN), e.g. :class:`FrameCNN` for CONV-VRNN."""
         super().__init__()
         self.image_size, self.z_dim, self.out_dim = tuple(image_size), z_dim, lstm
-        self.psi_x = _mlp(math.prod(image_size), hidden, layers)
+        self.layers = layers
+        self.psi_x = _mlp(math.prod(image_size), hidden, layers) if psi_x is None else psi_x
         self.psi_z = _mlp(z_dim, hidden, layers)
         self.lstm = nn.LSTMCell(2 * hidden, lstm)
 
@@ -68,10 +127,20 @@ class VRNNCore(nn.Module):
 class VRNNDecoder(nn.Module):
     """``psi_dec([psi_z(z_t), o_t])``: the mean of frame ``t`` in (0, 1)."""
 
-    def __init__(self, core: VRNNCore, image_size: tuple[int, int], hidden: int, layers: int):
+    def __init__(
+        self,
+        core: VRNNCore,
+        image_size: tuple[int, int],
+        hidden: int,
+        layers: int,
+        body: nn.Module | None = None,
+    ) -> None:
+        """``body``: features ``[psi_z(z_t), o_t]`` to flattened frame logits (..., H * W);
+        default an MLP of ``layers`` layers (MLP-VRNN), e.g. :class:`TransposedCNNDecoder`."""
         super().__init__()
-        self.core, self.image_size = core, image_size
-        self.net = MLP([hidden + core.out_dim, *[hidden] * layers, math.prod(image_size)])
+        self.core, self.image_size = core, tuple(image_size)
+        n_in = hidden + core.out_dim
+        self.net = MLP([n_in, *[hidden] * layers, math.prod(image_size)]) if body is None else body
 
     def forward(self, z: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
         features = bcat([self.core.psi_z(z), o])

@@ -19,7 +19,13 @@ from sqair_pyro.models.priors import (
     WhatWherePrior,
 )
 from sqair_pyro.models.sqair import SQAIRModel
-from sqair_pyro.models.vrnn import VRNNCore, VRNNDecoder, VRNNModel
+from sqair_pyro.models.vrnn import (
+    FrameCNN,
+    TransposedCNNDecoder,
+    VRNNCore,
+    VRNNDecoder,
+    VRNNModel,
+)
 from sqair_pyro.nn.modules import (
     MLP,
     ConvEncoder,
@@ -116,8 +122,25 @@ def mlp_vrnn_networks(
     ``hidden``) in the encoder's place, no glimpse encoder, and ``psi_dec``; ``z_dim`` 165,
     the most latent dimensions SQAIR uses per frame."""
     core = VRNNCore(config.image_size, z_dim, config.hidden, layers, config.hidden)
-    core.layers = layers
     return core, None, VRNNDecoder(core, config.image_size, config.hidden, layers)
+
+
+@register("networks", "conv_vrnn")
+def conv_vrnn_networks(
+    config: Config,
+    z_dim: int = 165,
+    channels: tuple[int, ...] = (32, 32, 32, 64, 64, 64),
+    strides: tuple[int, ...] = (1, 2, 1, 2, 1, 2),
+) -> tuple[nn.Module, None, nn.Module]:
+    """CONV-VRNN's networks (App. D.3, the paper's medium size): ``psi_x`` a CNN of 3x3
+    convolutions with ``channels`` maps and ``strides`` and one fully connected layer, the
+    decoder a transposed CNN mirroring it; other layers one of ``hidden`` units."""
+    psi_x = FrameCNN(config.image_size, list(channels), list(strides), config.hidden)
+    core = VRNNCore(config.image_size, z_dim, config.hidden, 1, config.hidden, psi_x)
+    body = TransposedCNNDecoder(
+        2 * config.hidden, config.image_size, list(channels[::-1]), list(strides[::-1])
+    )
+    return core, None, VRNNDecoder(core, config.image_size, config.hidden, 1, body)
 
 
 def discovery_rnn(

@@ -292,12 +292,13 @@ PRESETS: dict[str, Config] = {
     "conv-sqair-pedestrians": Config(**PEDESTRIAN_RECIPE),
     # The VRNN baseline (App. D.3, medium size), trained like SQAIR (curriculum, K=5, Adam).
     "mlp-vrnn": Config(model="vrnn", encoder={"name": "mlp_vrnn", "z_dim": 165, "layers": 3}),
+    "conv-vrnn": Config(model="vrnn", encoder={"name": "conv_vrnn", "z_dim": 165}),
 }
 
 
 def preset(name: str, **overrides: Any) -> Config:
-    """A named preset (``mlp-sqair``, ``conv-sqair``, ``mlp-air``, ``conv-sqair-pedestrians``)
-    with optional overrides."""
+    """A named preset (``mlp-sqair``, ``conv-sqair``, ``mlp-air``, ``conv-sqair-pedestrians``,
+    ``mlp-vrnn``, ``conv-vrnn``) with optional overrides."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name].replace(**overrides)
