@@ -150,8 +150,12 @@ class VRNNDecoder(nn.Module):
 class VRNNModel(nn.Module):
     """``p(x_{1:T}, z_{1:T})`` of the VRNN (see the module docstring)."""
 
-    #: No objects, hence no identities to track across frames.
-    temporal = False
+    #: A prior over time: futures can be imagined.
+    temporal = True
+    #: No objects (no boxes, counts or identities).
+    objects = False
+    #: Its dynamics read the previous frame: to imagine futures, give it the observed frames.
+    reads_frames = True
 
     def __init__(self, decoder: VRNNDecoder, hidden: int, layers: int, obs_sd: float) -> None:
         super().__init__()
@@ -165,11 +169,13 @@ class VRNNModel(nn.Module):
         batch_size: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """The generative story with frame ``t`` of ``images`` (B, T, H, W) observed at
-        ``x_t``; with ``images=None``, ``batch_size`` sequences of ``num_frames`` frames from
-        the prior, each frame's noise-free mean fed back as the next input."""
+        ``x_t``. Frames beyond those of ``images`` (all, with ``images=None``) up to
+        ``num_frames`` come from the prior, each frame's noise-free mean fed back as the next
+        input: conditional generation after the observed frames."""
         pyro.module("vrnn_model", self)
         if images is not None:
-            batch_size, num_frames = images.shape[:2]
+            batch_size = images.shape[0]
+            num_frames = max(num_frames or 0, images.shape[1])
         if batch_size is None or num_frames is None:
             raise ValueError("without images, give num_frames and batch_size")
         x_prev, z, o, c = self.core.initial(batch_size)
@@ -180,9 +186,10 @@ class VRNNModel(nn.Module):
                 loc, scale = self.prior(o)
                 z = pyro.sample(f"z_{t}", dist.Normal(loc, scale).to_event(1))
                 mean = self.decoder(z, o)
-                observed = None if images is None else images[:, t]
+                seen = images is not None and t < images.shape[1]
+                observed = images[:, t] if seen else None
                 pyro.sample(f"x_{t}", IsotropicNormal(mean, self.obs_sd, event_dim=2), obs=observed)
-                x_prev = mean if images is None else observed
+                x_prev = observed if seen else mean
                 latents.append(z)
                 canvases.append(mean)
         return {"z": torch.stack(latents, -2), "canvas": torch.stack(canvases, -3)}

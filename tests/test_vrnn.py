@@ -93,3 +93,25 @@ def test_trains_evaluates_and_shows_from_the_command_line(tiny_data, tmp_path, c
         main([*addition, "--train-sequences", "20", "--test-sequences", "10", "--epochs", "1"]) == 0
     )
     assert "addition accuracy" in capsys.readouterr().out
+
+
+def test_imagined_futures_read_the_observed_frames():
+    """Conditional generation: the VRNN's dynamics read past frames, so `imagine` gives it the
+    observed ones (observed sites, not sampled), and other observed frames give other futures."""
+    from sqair_pyro.predict import imagine
+
+    config = small_config("mlp-vrnn", encoder={"name": "mlp_vrnn", "z_dim": 6, "layers": 2})
+    model, guide = build(config)
+    a = torch.rand(2, 2, 50, 50, generator=torch.Generator().manual_seed(0))
+    futures = []
+    for observed in (a, 1 - a):
+        pyro.set_rng_seed(0)
+        futures.append(imagine(model, guide, observed, num_future=2))
+    assert futures[0]["canvas"].shape == (1, 2, 4, 50, 50) and futures[0]["z"].shape == (1, 2, 4, 6)
+    assert not torch.allclose(futures[0]["canvas"][:, :, 2:], futures[1]["canvas"][:, :, 2:])
+    # Fed its own reconstructions instead of the observed frames, the same draws imagine
+    # another future: the observed frames are what the model reads.
+    model.reads_frames = False
+    pyro.set_rng_seed(0)
+    blind = imagine(model, guide, a, num_future=2)
+    assert not torch.allclose(blind["canvas"][:, :, 2:], futures[0]["canvas"][:, :, 2:])

@@ -187,6 +187,8 @@ def _check_arrays(
             f"the digit classifier reads {GLIMPSE}x{GLIMPSE} glimpses; this model's are "
             f"{config.glimpse_size[0]}x{config.glimpse_size[1]}"
         )
+    if not getattr(model, "objects", True):
+        raise ValueError(f"forecast metrics score objects; {config.model_name} has none")
     if not getattr(model, "temporal", False):
         raise ValueError(
             f"conditional generation needs a model with a temporal prior, not {config.model_name}"

@@ -70,9 +70,11 @@ def imagine(
     batch, num_observed = observed.shape[:2]
     samples = []
     for _ in range(num_samples):
+        # A model whose dynamics read past frames (a VRNN) is given the observed ones; one
+        # whose dynamics read only its latents (SQAIR) runs from them alone.
+        frames = observed if getattr(model, "reads_frames", False) else None
         _, trace = replayed(
-            model, guide, observed, None, num_frames=num_observed + num_future, batch_size=batch
+            model, guide, observed, frames, num_frames=num_observed + num_future, batch_size=batch
         )
         samples.append(trace.nodes["_RETURN"]["value"])
-    keys = ("canvas", "z_pres", "z_where", "z_what", "ids")
-    return {key: torch.stack([s[key] for s in samples]) for key in keys}
+    return {key: torch.stack([s[key] for s in samples]) for key in samples[0]}

@@ -86,9 +86,13 @@ def _images(arrays: Mapping[str, np.ndarray], indices: list[int]) -> torch.Tenso
     return torch.from_numpy(frames).float() / 255.0
 
 
-def _at(values: np.ndarray | None, index: int) -> np.ndarray | None:
+def _at(values: np.ndarray | None, index: int | tuple[int, ...]) -> np.ndarray | None:
     """``values[index]``, or None for a model without objects (no boxes, no ids)."""
     return None if values is None else values[index]
+
+
+def _pick(values: Mapping[str, Any], *keys: str) -> dict[str, Any]:
+    return {key: values[key] for key in keys}
 
 
 def _numpy(latents: Mapping[str, torch.Tensor | None]) -> dict[str, np.ndarray | None]:
@@ -213,8 +217,10 @@ def conditional_data(
         )
     pyro.set_rng_seed(seed)
     out = imagine(model, guide, images[:, :num_observed], num_frames - num_observed, num_samples)
-    boxes, ids = boxes_and_ids(out, tuple(images.shape[-2:]))
-    data = _numpy({"real": images, "canvas": out["canvas"].clamp(0, 1), "boxes": boxes, "ids": ids})
+    objects = _objects(out, tuple(images.shape[-2:]))
+    data = _numpy(
+        {"real": images, "canvas": out["canvas"].clamp(0, 1), **_pick(objects, "boxes", "ids")}
+    )
     data["num_observed"] = num_observed
     return data
 
@@ -242,7 +248,8 @@ def figure_data(
     data: dict[str, Any] = {
         "indices": indices,
         "reconstruction": recon,
-        "glimpses": glimpse_data(model, recon) if temporal else None,
+        # Glimpses over time need objects with identities across frames.
+        "glimpses": glimpse_data(model, recon) if temporal and recon["ids"] is not None else None,
         "prior": prior_data(model, config, len(indices), num_frames, seed),
         "conditional": None,
     }
@@ -372,7 +379,7 @@ def write_figures(
 
     # 2. Glimpses over time (SQAIR only).
     if data["glimpses"] is None:
-        _note(progress, f"skipped glimpses.png: {name} has no object identities across frames")
+        _note(progress, f"skipped glimpses.png: {name} has no objects kept across frames")
     else:
         sequences = []
         for s, i in enumerate(indices):
@@ -440,8 +447,8 @@ def write_figures(
                     (
                         f"imagined {k + 1}",
                         cond["canvas"][k, s],
-                        cond["boxes"][k, s],
-                        cond["ids"][k, s],
+                        _at(cond["boxes"], (k, s)),
+                        _at(cond["ids"], (k, s)),
                     )
                 )
         cond_title = (
@@ -459,8 +466,8 @@ def write_figures(
                     (
                         f"imagined {k + 1}",
                         cond["canvas"][k, s],
-                        cond["boxes"][k, s],
-                        cond["ids"][k, s],
+                        _at(cond["boxes"], (k, s)),
+                        _at(cond["ids"], (k, s)),
                     )
                     for s in range(len(indices))
                 ]
