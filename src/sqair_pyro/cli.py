@@ -199,6 +199,7 @@ def cmd_show(args: argparse.Namespace) -> None:
         num_sequences=args.sequences,
         seed=args.seed,
         run_dir=args.run,
+        device=args.device,
     )
     print(f"{len(paths)} figures written to {args.out}")
 
@@ -521,6 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--run", type=Path, help="run directory with metrics.csv (default: the checkpoint's)"
     )
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument(
         "--threads", type=_non_negative, default=0, help="torch threads (0: torch's default)"
     )

@@ -81,6 +81,11 @@ def select_sequences(arrays: Mapping[str, np.ndarray], num_sequences: int, seed:
     return sorted(int(i) for i in order[: int(num_sequences)])
 
 
+def _device(model: nn.Module) -> torch.device:
+    """Where the model's parameters are (its inputs go there)."""
+    return next(model.parameters()).device
+
+
 def _images(arrays: Mapping[str, np.ndarray], indices: list[int]) -> torch.Tensor:
     frames = np.ascontiguousarray(arrays["images"][indices])
     return torch.from_numpy(frames).float() / 255.0
@@ -137,7 +142,7 @@ def glimpse_data(
     :returns: per sequence, a list of ``(identity, glimpses (T, h, w), present (T,))`` in
         identity order; glimpses are ``model.likelihood.decoder(z_what)``, zeros where absent.
     """
-    z_what = torch.as_tensor(recon["z_what"])
+    z_what = torch.as_tensor(recon["z_what"], device=_device(model))
     decoded = model.likelihood.decoder(z_what).cpu().numpy()  # (S, T, N, h, w)
     ids = np.asarray(recon["ids"])  # (S, T, N)
     result = []
@@ -241,7 +246,7 @@ def figure_data(
     """
     check_frames(arrays["images"], config.image_size)
     indices = select_sequences(arrays, num_sequences, seed)
-    images = _images(arrays, indices)
+    images = _images(arrays, indices).to(_device(model))  # the models' device
     num_frames = images.shape[1]
     temporal = getattr(model, "temporal", False)
     recon = reconstruction_data(model, guide, config, images, seed)
@@ -520,17 +525,19 @@ def show_checkpoint(
     seed: int = 0,
     run_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> list[Path]:
     """:func:`write_figures` for a checkpoint file and a data file (a directory: its test.npz).
 
-    ``run_dir`` defaults to the checkpoint's directory (where training writes metrics.csv).
+    ``run_dir`` defaults to the checkpoint's directory (where training writes metrics.csv);
+    the model runs on ``device``.
     Raises ``CheckpointError``, ``FileNotFoundError`` or ``ValueError`` for bad input.
     """
     from sqair_pyro.checkpoint import load_checkpoint
     from sqair_pyro.data import load_npz, split_file
 
     data_path = split_file(data_path, "test")
-    config, model, guide, _ = load_checkpoint(checkpoint)
+    config, model, guide, _ = load_checkpoint(checkpoint, map_location=device)
     arrays = load_npz(data_path)
     check_frames(arrays["images"], config.image_size)
     if run_dir is None:
