@@ -87,6 +87,18 @@ def test_trains_evaluates_and_shows_from_the_command_line(tiny_data, tmp_path, c
     assert main(["show", "--checkpoint", str(run / "last.pt"), "--data", str(tiny_data),
                  "--out", str(figures), "--sequences", "2"]) == 0  # fmt: skip
     assert (figures / "reconstructions.png").exists() and (figures / "prior_samples.png").exists()
+    # Its imagined futures beside the shipped SQAIR's, on the same sequences (App. G); AIR
+    # cannot imagine: one line.
+    from sqair_pyro.pretrained import pretrained_path
+
+    futures = ["futures", "--data", str(tiny_data), "--sequences", "2"]
+    sqair, air = str(pretrained_path("mlp-sqair")), str(pretrained_path("mlp-air"))
+    out = tmp_path / "futures.png"
+    assert main([*futures, "--checkpoint", sqair, "--checkpoint", str(run / "last.pt"),
+                 "--out", str(out)]) == 0  # fmt: skip
+    assert out.stat().st_size > 10000
+    assert main([*futures, "--checkpoint", air, "--out", str(out)]) == 1
+    assert "MLP-AIR cannot imagine futures" in capsys.readouterr().err
     # The addition probe reads the whole latent vector of each frame.
     addition = ["addition", "--checkpoint", str(run / "last.pt"), "--data", str(tiny_data)]
     assert (

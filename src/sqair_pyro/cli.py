@@ -99,6 +99,13 @@ def cmd_track(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_futures(args: argparse.Namespace) -> None:
+    from sqair_pyro.show import compare_futures
+
+    path = compare_futures(args.checkpoint, args.data, args.out, args.sequences, args.seed)
+    print(f"figure written to {path}")
+
+
 def cmd_import_frames(args: argparse.Namespace) -> None:
     from sqair_pyro.data.frames import import_frames
 
@@ -384,6 +391,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-area", type=_positive, help="pixels of a proxy object (40)")
     p.add_argument("--every", type=_positive, help="keep every n-th frame (1)")
     p.set_defaults(func=cmd_make_data)
+
+    p = sub.add_parser(
+        "futures", help="imagined futures of several models side by side (paper App. G)"
+    )
+    p.add_argument("--checkpoint", type=Path, action="append", required=True, help="repeat")
+    p.add_argument(
+        "--data", type=Path, required=True, help="data file (.npz), or a directory: its test.npz"
+    )
+    p.add_argument("--out", type=Path, required=True, help="figure (.png)")
+    p.add_argument("--sequences", type=_positive, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_futures)
 
     p = sub.add_parser(
         "track",

@@ -545,3 +545,38 @@ def show_checkpoint(
     return write_figures(
         model, guide, config, arrays, out_dir, num_sequences, seed, run_dir, progress
     )
+
+
+def compare_futures(
+    checkpoints: list[str | os.PathLike],
+    data_path: str | os.PathLike,
+    out: str | os.PathLike,
+    num_sequences: int = 3,
+    seed: int = 0,
+) -> Path:
+    """The imagined futures of several models on the same test sequences, one row each under
+    the real sequence (paper App. G): every model sees the first :data:`NUM_OBSERVED` frames
+    and imagines the rest, with the same seed."""
+    from sqair_pyro.checkpoint import load_checkpoint
+    from sqair_pyro.data import load_npz, split_file
+    from sqair_pyro.viz import plot_sequences
+
+    arrays = load_npz(split_file(data_path, "test"))
+    indices = select_sequences(arrays, num_sequences, seed)
+    images = _images(arrays, indices)
+    rows: list[tuple] = []
+    futures = []
+    for checkpoint in checkpoints:
+        config, model, guide, _ = load_checkpoint(checkpoint)
+        check_frames(arrays["images"], config.image_size)
+        if not getattr(model, "temporal", False):
+            raise ValueError(f"{checkpoint}: {config.model_name} cannot imagine futures")
+        futures.append((config.model_name, conditional_data(model, guide, images, seed=seed)))
+    for s, i in enumerate(indices):
+        rows.append((f"seq {i}: real", images[s].numpy(), None, None))
+        for name, cond in futures:
+            rows.append(
+                (name, cond["canvas"][0, s], _at(cond["boxes"], (0, s)), _at(cond["ids"], (0, s)))
+            )
+    title = f"sees {NUM_OBSERVED} frames, imagines the rest: " + " vs ".join(n for n, _ in futures)
+    return plot_sequences(out, rows, title=title)
