@@ -44,7 +44,7 @@ def test_folder_of_png_frames_imports(png_folder, tmp_path):
     np.testing.assert_array_equal(arrays["images"][0, 4], expected)
     np.testing.assert_array_equal(arrays["images"][1, 1], arrays["images"][0, 4])  # overlap
     meta = read_metadata(arrays)
-    assert meta["frames_read"] == 12 and meta["stride"] == 3 and meta["grey"] is True
+    assert meta["frames_kept"] == 12 and meta["stride"] == 3 and meta["grey"] is True
     colour = load_npz(import_frames(png_folder, tmp_path / "c.npz", (30, 40), grey=False, length=4))
     assert colour["images"].shape == (3, 4, 30, 40, 3)
     square = colour["images"][0, 0, 15, 5]  # inside the square: RGB order

@@ -84,6 +84,7 @@ def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
     text = "".join(o.get("text", "") for cell in notebook.cells for o in cell.get("outputs", []))
     found = re.search(r"held-out bound per frame: (\S+) before, (\S+) after", text)
     if path.name.startswith("01_"):
+        assert found, "notebook 01 printed no held-out bound before and after training"
         before, after = float(found.group(1)), float(found.group(2))
         print(f"{path.name}: held-out bound per frame {before} -> {after}")
         assert after >= before - 0.5, (before, after)

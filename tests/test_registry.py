@@ -40,7 +40,9 @@ def learned_slot_prior(config, rho=0.5):
 """
 
 
-def test_a_prior_of_ones_own_trains_saves_loads_and_evaluates(tmp_path, tiny_data, capsys):
+def test_a_prior_of_ones_own_trains_saves_loads_and_evaluates(
+    tmp_path, tiny_data, capsys, scratch_registry
+):
     module = tmp_path / "my_priors.py"
     module.write_text(USER_MODULE)
     run = tmp_path / "run"
@@ -73,7 +75,17 @@ def test_a_prior_of_ones_own_trains_saves_loads_and_evaluates(tmp_path, tiny_dat
     assert "unknown discovery_prior 'nope'; registered: categorical, geometric" in err
 
 
-def test_registry_basics():
+@pytest.fixture
+def scratch_registry():
+    """Registrations a test adds are removed afterwards, so other tests see the built-ins."""
+    before = {kind: dict(factories) for kind, factories in registry._FACTORIES.items()}
+    yield
+    for kind, factories in before.items():
+        registry._FACTORIES[kind].clear()
+        registry._FACTORIES[kind].update(factories)
+
+
+def test_registry_basics(scratch_registry):
     @registry.register("discovery_prior", "test_prior")
     def first(config):
         return "first"
@@ -115,7 +127,7 @@ def test_nested_config_round_trip_and_dotted_keys():
     assert nested["guide"]["name"] == "" and config.replace(**{"guide.name": "air"}).guide == "air"
 
 
-def test_a_model_with_another_guide():
+def test_a_model_with_another_guide(scratch_registry):
     """Model and guide are separate components: SQAIR's model with a guide registered under
     another name builds, and a name that is not registered is one clear error."""
     registry.register("guide", "sqair_again")(registry.component("guide", "sqair"))

@@ -13,7 +13,7 @@ from sqair_pyro.config import preset
 from sqair_pyro.data import load_npz, save_npz
 from sqair_pyro.show import (
     FIGURES,
-    SQAIR_ONLY,
+    TEMPORAL_ONLY,
     figure_data,
     glimpse_data,
     read_metrics,
@@ -172,7 +172,7 @@ def test_air_skips_the_sqair_only_figures(arrays, tmp_path, capsys):
     config, model, guide = tiny("mlp-air")
     paths = write_figures(model, guide, config, arrays, tmp_path, num_sequences=2, seed=0)
     names = {p.name for p in paths}
-    assert names == set(FIGURES) - set(SQAIR_ONLY) - {"training_curves.png"}
+    assert names == set(FIGURES) - set(TEMPORAL_ONLY) - {"training_curves.png"}
     assert all(p.exists() and p.stat().st_size > 5000 for p in paths)
     out = capsys.readouterr().out
     assert "skipped glimpses.png" in out and "skipped conditional_generation" in out

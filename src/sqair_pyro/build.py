@@ -34,7 +34,7 @@ from sqair_pyro.nn.modules import (
     GlimpseDecoderSubpixel,
     SharedCNN,
 )
-from sqair_pyro.registry import component, import_module, register
+from sqair_pyro.registry import component, import_module, register, spec
 
 
 @register("discovery_prior", "categorical")
@@ -74,12 +74,18 @@ def mlp_networks(config: Config) -> tuple[nn.Module, nn.Module, nn.Module]:
 
 
 def _conv_networks(
-    config: Config, cnn: SharedCNN, fc: list[int], maps: list[int], strides: list[int]
+    config: Config,
+    cnn: SharedCNN,
+    fc: list[int],
+    maps_in: int,
+    maps: list[int],
+    strides: list[int],
 ) -> tuple[nn.Module, nn.Module, nn.Module]:
     """Encoders sharing ``cnn``, each with its own fully connected layer of ``hidden`` units,
-    and a subpixel-CNN decoder: FC layers ``fc`` reshaped to maps of a quarter of the glimpse
-    size, then ``maps`` feature maps upsampled by ``strides``."""
+    and a subpixel-CNN decoder: FC layers ``fc`` and one reshaped to ``maps_in`` maps of a
+    quarter of the glimpse size, then ``maps`` feature maps upsampled by ``strides``."""
     start = (config.glimpse_size[0] // 4, config.glimpse_size[1] // 4)
+    fc = [*fc, maps_in * start[0] * start[1]]
     decoder = GlimpseDecoderSubpixel(
         config.z_what_dim, fc, start, maps, strides, config.glimpse_size
     )
@@ -95,9 +101,8 @@ def conv_networks(config: Config) -> tuple[nn.Module, nn.Module, nn.Module]:
     """CONV-SQAIR's networks (App. D.2): a CNN with [16, 32, 32, 64] maps and strides
     [2, 2, 1, 1]; a decoder from FC [256, 800] (32 maps of 5x5) through [32, 64, 64] maps with
     strides [1, 2, 2]."""
-    start = config.glimpse_size[0] // 4 * (config.glimpse_size[1] // 4)
     cnn = SharedCNN([16, 32, 32, 64], [2, 2, 1, 1])
-    return _conv_networks(config, cnn, [256, 32 * start], [32, 64, 64], [1, 2, 2])
+    return _conv_networks(config, cnn, [256], 32, [32, 64, 64], [1, 2, 2])
 
 
 @register("networks", "conv_pedestrians")
@@ -108,9 +113,8 @@ def conv_pedestrian_networks(config: Config) -> tuple[nn.Module, nn.Module, nn.M
     have 1.68M parameters, where the paper states 3.5M: the description accounts for no
     more (the image encoder's layer reads 8x8x64 maps of a 64x64 crop), so the original
     must have had layers it does not mention."""
-    start = config.glimpse_size[0] // 4 * (config.glimpse_size[1] // 4)
     cnn = SharedCNN([16, 32, 64, 64], [2, 2, 2, 1])
-    return _conv_networks(config, cnn, [128, 64 * start], [64, 64], [2, 2])
+    return _conv_networks(config, cnn, [128], 64, [64, 64], [2, 2])
 
 
 @register("networks", "mlp_vrnn")
@@ -248,9 +252,16 @@ def build(config: Config) -> tuple[nn.Module, nn.Module]:
     """
     for module in config.imports:
         import_module(module)
-    image_encoder, glimpse_encoder, decoder = component("networks", config.encoder)(config)
-    model = component("model", config.model)(config, decoder)
-    guide = component("guide", config.guide or config.model)(config, image_encoder, glimpse_encoder)
+    guide_label = config.guide or spec(config.model)[0]  # the model's arguments are its own
+    try:
+        image_encoder, glimpse_encoder, decoder = component("networks", config.encoder)(config)
+        model = component("model", config.model)(config, decoder)
+        guide = component("guide", guide_label)(config, image_encoder, glimpse_encoder)
+    except (AttributeError, TypeError) as error:
+        raise ValueError(
+            f"the components do not fit together (networks {spec(config.encoder)[0]!r}, "
+            f"model {spec(config.model)[0]!r}, guide {guide_label!r}): {error}"
+        ) from error
     return model, guide
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -149,7 +150,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     else:
         config = preset(args.preset, **overrides)
     best = train(config, args.data, args.out, resume=args.resume, device=args.device)
-    print(f"best checkpoint: {best}")
+    if os.environ.get("RANK", "0") == "0":  # one line, not one per torchrun process
+        print(f"best checkpoint: {best}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -631,7 +633,13 @@ def main(argv: list[str] | None = None) -> int:
 
             torch.set_num_threads(args.threads)
         args.func(args)
-    except (FileNotFoundError, ValueError, CheckpointError, TrainingDivergedError) as error:
+    except (
+        FileNotFoundError,
+        FileExistsError,
+        ValueError,
+        CheckpointError,
+        TrainingDivergedError,
+    ) as error:
         print(f"sqair-pyro {args.command}: error: {error}", file=sys.stderr)
         return 1
     except TrainingInterruptedError as stopped:

@@ -69,9 +69,9 @@ class Config:
 
     # What to build: registered components (sqair_pyro.registry), each a name or
     # {"name": ..., **arguments}.
-    model: str | dict[str, Any] = "sqair"  # "air" or "sqair"
+    model: str | dict[str, Any] = "sqair"  # registered: "air", "sqair", "vrnn", ...
     guide: str | dict[str, Any] = ""  # "": the guide registered under the model's name
-    encoder: str | dict[str, Any] = "mlp"  # "mlp" or "conv"
+    encoder: str | dict[str, Any] = "mlp"  # the networks: "mlp", "conv", "mlp_vrnn", ...
     image_size: tuple[int, int] = (50, 50)
     glimpse_size: tuple[int, int] = (20, 20)
     max_objects: int = 3

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["ALONE", "Workers", "average_gradients", "broadcast_parameters", "setup"]
+__all__ = ["ALONE", "Workers", "average_gradients", "broadcast_parameters", "finish", "setup"]
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,8 @@ def setup(device: str = "cpu") -> tuple[Workers, str]:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
+        # gloo for the small CPU tensors (sums of losses, flags), nccl for CUDA ones.
+        dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
     return Workers(dist.get_rank(), dist.get_world_size()), device
 
 
@@ -90,14 +91,22 @@ def broadcast_parameters(modules: Iterable[nn.Module], workers: Workers) -> None
 
 def average_gradients(params: list[nn.Parameter], workers: Workers) -> None:
     """Replace every gradient by its mean over the processes (one flat all-reduce; a
-    parameter without a gradient counts as a zero one)."""
+    parameter without a gradient counts as a zero one, and keeps no gradient where no
+    process has one, so an optimiser skips it as a lone process would)."""
     if workers.world == 1:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    had = torch.tensor([float(p.grad is not None) for p in params], device=grads[0].device)
+    flat = torch.cat([g.reshape(-1) for g in grads] + [had])
     dist.all_reduce(flat)
     flat /= workers.world
     offset = 0
-    for p, g in zip(params, grads, strict=True):
-        p.grad = flat[offset : offset + g.numel()].view_as(p).clone()
+    for p, g, seen in zip(params, grads, flat[-len(params) :].tolist(), strict=True):
+        p.grad = flat[offset : offset + g.numel()].view_as(p).clone() if seen > 0 else None
         offset += g.numel()
+
+
+def finish(workers: Workers) -> None:
+    """Leave the process group (at the end of a data-parallel run)."""
+    if workers.world > 1 and dist.is_initialized():
+        dist.destroy_process_group()

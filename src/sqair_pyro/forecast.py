@@ -173,9 +173,9 @@ def _check_arrays(
 ) -> bool:
     """Raise ``ValueError`` for data or a model the forecast cannot score; return whether the
     digit classes can be judged (``labels`` are MNIST classes 0..9)."""
-    has = available(arrays, USES, source)
-    if not has["motion errors"]:
+    if "boxes" not in arrays or "visible" not in arrays:
         raise ValueError("forecast metrics need the ground-truth 'boxes' and 'visible' arrays")
+    has = available(arrays, USES, source)
     check_frames(arrays["images"], config.image_size)
     digits = has["class kept"] and int(np.max(arrays["labels"], initial=0)) < NUM_CLASSES
     if has["class kept"] and not digits:

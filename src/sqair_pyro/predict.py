@@ -38,7 +38,8 @@ def reconstruct(
 def boxes_and_ids(latents: dict[str, torch.Tensor], image_size: tuple[int, int]) -> tuple:
     """Pixel boxes (..., N, 4) of the inferred objects and their ids (..., N), -1 if absent.
 
-    Without ``ids`` (AIR) the slot index is the identity.
+    Without ``ids`` (AIR on single images, or a model of one's own) the slot index is the
+    identity.
     """
     boxes = z_where_to_boxes(where_to_transform(latents["z_where"]), image_size)
     present = latents["z_pres"][..., 0].bool()

@@ -31,7 +31,7 @@ KINDS: dict[str, str] = {
     "model": "the generative Pyro program as an nn.Module, from (config, decoder)",
     "guide": "the inference Pyro program as an nn.Module, from (config, image_encoder, "
     "glimpse_encoder)",
-    "networks": "(image_encoder, glimpse_encoder, glimpse_decoder)",
+    "networks": "(image_encoder, glimpse_encoder, decoder); a VRNN's: (core, None, decoder)",
     "discovery_prior": "a DiscoveryPrior (continue probabilities of new objects)",
     "propagation_prior": "a PropagationPrior (p(z_t | z_{t-1}) of tracked objects)",
     "likelihood": "p(x | z) from the decoder: a callable likelihood module",
@@ -101,7 +101,11 @@ def import_module(target: str) -> None:
         assert module_spec is not None and module_spec.loader is not None
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[module_name] = module
-        module_spec.loader.exec_module(module)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as error:  # the user's code: any error, said in one line
+            del sys.modules[module_name]
+            raise ValueError(f"cannot import component module {path}: {error!r}") from error
         return
     try:
         importlib.import_module(target)

@@ -3,12 +3,15 @@
 From a checkpoint and a data file, :func:`write_figures` draws
 
 1. ``reconstructions.png`` / ``.gif``: inputs above reconstructions, glimpse boxes coloured by
-   object identity (paper Fig. 4, 12). AIR infers every frame alone; its slot index is the id.
-2. ``glimpses.png``: the decoded glimpse of every object over time (paper Fig. 7), SQAIR only.
+   object identity (paper Fig. 4, 12). AIR infers every frame alone: every object is new.
+   A model without objects (a VRNN) shows frames only.
+2. ``glimpses.png``: the decoded glimpse of every object over time (paper Fig. 7), for a model
+   of objects with a temporal prior (SQAIR).
 3. ``prior_samples.png`` / ``.gif``: sequences sampled from the prior (paper Fig. 5, 14); for
-   AIR, independent single-frame samples.
+   AIR, independent single-frame samples, those with objects first.
 4. ``conditional_generation.png`` / ``.gif``: the model sees the first frames and imagines the
-   rest, beside the real continuation (paper Fig. 6, 16), SQAIR only.
+   rest, beside the real continuation (paper Fig. 6, 16), for a model with a temporal prior
+   (SQAIR, the VRNN).
 5. ``training_curves.png``: bound, counting accuracy, objects and validation bound of the run's
    ``metrics.csv``, when there is one.
 
@@ -59,7 +62,8 @@ FIGURES = (
     "conditional_generation.gif",
     "training_curves.png",
 )
-SQAIR_ONLY = ("glimpses.png", "conditional_generation.png", "conditional_generation.gif")
+#: The figures a model without a temporal prior (AIR) does not get.
+TEMPORAL_ONLY = ("glimpses.png", "conditional_generation.png", "conditional_generation.gif")
 
 #: Frames the model sees before it imagines the rest (as in the paper's Fig. 6).
 NUM_OBSERVED = 3

@@ -53,6 +53,24 @@ def window_origins(size: int, window: int) -> list[int]:
     return sorted({*range(0, size - window + 1, window), size - window})
 
 
+def _owns(
+    origins: list[tuple[int, int]], window: int, cx: float, cy: float, height: int, width: int
+) -> bool:
+    """Whether window ``origins[window]`` is, of all windows holding the point ``(cx, cy)``,
+    the one whose centre is nearest: windows overlap at the far edges, and an object seen
+    by two is reported once."""
+    holding = [
+        i for i, (y, x) in enumerate(origins) if y <= cy < y + height and x <= cx < x + width
+    ]
+    if not holding:
+        return True
+    distance = [
+        (origins[i][0] + height / 2 - cy) ** 2 + (origins[i][1] + width / 2 - cx) ** 2
+        for i in holding
+    ]
+    return holding[int(np.argmin(distance))] == window
+
+
 def _draw(frames: np.ndarray, rows: list[tuple], scale: tuple[float, float]) -> list[np.ndarray]:
     """The (down-sampled, RGB) frames with each row's box in its identity's colour."""
     drawn = [frame.copy() for frame in frames]
@@ -83,6 +101,8 @@ def track_video(
     """
     config = VideoDataConfig() if config is None else config
     model_config, model, guide, _ = load_checkpoint(checkpoint)
+    if not getattr(model, "objects", True):
+        raise ValueError(f"{checkpoint}: {model_config.model_name} has no objects to track")
     height, width = model_config.image_size
     num_frames = model_config.num_frames
     frames = read_frames(video, config.resize, grey=False, every=config.every)[:max_frames]
@@ -115,6 +135,8 @@ def track_video(
             next_id += len(fresh)
             for t, n in present.nonzero().tolist():
                 x, y, w, h = boxes[k, t, n].tolist()
+                if not _owns(origins, window, x0 + x + w / 2, y0 + y + h / 2, height, width):
+                    continue  # seen again by the window whose centre is nearer
                 rows.append(
                     (t0 + t, fresh[int(ids[k, t, n])], (x0 + x) * scale[1], (y0 + y) * scale[0],
                      w * scale[1], h * scale[0])

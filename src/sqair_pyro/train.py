@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import csv
 import dataclasses
+import inspect
 import math
 import signal
 import threading
@@ -33,6 +34,7 @@ from sqair_pyro.distributed import (
     Workers,
     average_gradients,
     broadcast_parameters,
+    finish,
     setup,
 )
 from sqair_pyro.infer import VIMCO_ELBO
@@ -203,7 +205,7 @@ class SequenceBatches:
         shard = workers.shard(len(images))
         self.images = windows(images[shard])
         self.counts = None if counts is None else windows(counts[shard])
-        self.generator = torch.Generator().manual_seed(seed + workers.rank)
+        self.generator = torch.Generator().manual_seed(seed + RANK_SEED_STRIDE * workers.rank)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -231,7 +233,12 @@ class _Capture:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         latents = self.guide(*args, **kwargs)
-        self.latents = {name: value.detach() for name, value in latents.items()}
+        # A guide that returns no latents (most Pyro guides return nothing) keeps none.
+        self.latents = (
+            {k: v.detach() for k, v in latents.items() if isinstance(v, torch.Tensor)}
+            if isinstance(latents, dict)
+            else None
+        )
         return latents
 
 
@@ -288,6 +295,14 @@ class Trainer:
             keep_float32_outputs(self.model, self.guide)
         self.capture = _Capture(self.guide)
         self.elbo = make_objective(config) if objective is None else objective
+        if config.propagation_warmup_steps and not all(
+            "discover_after_first_frame" in inspect.signature(p.forward).parameters
+            for p in (self.model, self.guide)
+        ):
+            raise ValueError(
+                "propagation_warmup_steps needs programs with a discover_after_first_frame "
+                f"argument (SQAIR's); {config.model_name} has none: set it to 0"
+            )
         #: Names of the weights copied from ``config.init_from`` (none without a warm start).
         self.initialised: list[str] = []
         if config.init_from and initialise:
@@ -415,7 +430,8 @@ class Trainer:
         rows = np.arange(len(batches))[self.workers.shard(len(batches))]
         for start in range(0, len(rows), batch_size):
             images, _ = batches.get(rows[start : start + batch_size], num_frames)
-            total += -self.elbo.loss(self.model, self.guide, images.to(self.device))
+            images = images.to(self.device)
+            total += -self.elbo.loss(self.model, self.guide, images, **self.phase())
         return self.workers.sum(total) / len(batches)
 
     def state(self, batches: SequenceBatches) -> dict[str, Any]:
@@ -463,7 +479,9 @@ class Trainer:
             pyro.set_rng_seed(
                 self.config.seed + RANK_SEED_STRIDE * self.workers.rank + payload["step"]
             )
-            batches.generator.manual_seed(self.config.seed + self.workers.rank + payload["step"])
+            batches.generator.manual_seed(
+                self.config.seed + RANK_SEED_STRIDE * self.workers.rank + payload["step"]
+            )
         self.step_count = payload["step"]
         self.best_validation = payload["best_validation"]
         self.validations_without_improvement = payload["validations_without_improvement"]
@@ -624,7 +642,8 @@ def train(
     data = split_file(data_dir, "train")
     arrays = load_npz(data)
     check_frames(arrays["images"], config.image_size)
-    available(arrays, {"training counting accuracy": ("counts",)}, str(data))
+    if workers.main:
+        available(arrays, {"training counting accuracy": ("counts",)}, str(data))
     if len(arrays["images"]) < MIN_SEQUENCES:
         raise ValueError(
             f"{data}: training needs at least {MIN_SEQUENCES} sequences (a fifth, up to "
@@ -632,6 +651,10 @@ def train(
         )
     train_arrays, valid_arrays = split_validation(arrays, config.validation_size)
     batches = SequenceBatches(train_arrays, config.num_frames, config.seed, workers)
+    if workers.any(len(batches) == 0):
+        raise ValueError(
+            f"{data}: too few training sequences for {workers.world} processes (each needs one)"
+        )
     valid = SequenceBatches(valid_arrays, config.num_frames, seed=config.seed + 1)
     resuming = resume and last.exists()
     trainer = Trainer(config, device, initialise=not resuming, workers=workers)
@@ -650,6 +673,7 @@ def train(
         finally:
             bar.close()
             log.close()
+            finish(workers)
     return best if best.exists() else last
 
 
@@ -668,6 +692,7 @@ def _loop(
     """The training loop of :func:`train`: steps, logs, validations, checkpoints, stops."""
     last, best = out_dir / "last.pt", out_dir / "best.pt"
     running: dict[str, float] = {}
+    say = bar.write if trainer.workers.main else (lambda message: None)  # rank 0 speaks
     while trainer.step_count < config.num_steps:
         if trainer.workers.any(stop.received is not None):  # every process stops together
             trainer.save(last, batches)
@@ -700,7 +725,7 @@ def _loop(
                 trainer.save(best, batches)
             elif diverged(config, value, trainer.best_validation) and best.exists():
                 if trainer.rollbacks >= config.max_rollbacks:
-                    bar.write(
+                    say(
                         f"stopping at step {step}: validation bound {value:.1f} is "
                         f"{trainer.best_validation - value:.1f} nats below the best after "
                         f"{trainer.rollbacks} rollbacks; best.pt holds the best state"
@@ -708,7 +733,7 @@ def _loop(
                     trainer.save(last, batches)
                     break
                 trainer.roll_back(best, batches)
-                bar.write(
+                say(
                     f"step {step}: validation bound {value:.1f} fell more than "
                     f"{config.rollback_nats} nats below the best "
                     f"({trainer.best_validation:.1f}); rolled back to best.pt, learning "
@@ -719,6 +744,6 @@ def _loop(
         if step % config.checkpoint_every == 0 or step == config.num_steps:
             trainer.save(last, batches)
         if trainer.validations_without_improvement >= config.early_stopping_patience:
-            bar.write(f"early stopping at step {step}: validation bound stopped improving")
+            say(f"early stopping at step {step}: validation bound stopped improving")
             trainer.save(last, batches)
             break

@@ -133,6 +133,6 @@ def import_frames(
         "length": length,
         "stride": stride,
         "every": every,
-        "frames_read": len(frames),
+        "frames_kept": len(frames),  # after keeping every n-th
     }
     return save_npz(out, {"images": images, "metadata": metadata_array(meta)})

@@ -186,6 +186,8 @@ def sample_sequences(
     otherwise), and kept if every frame holds at most ``max_objects`` objects and at least
     ``min_objects`` are seen. Raises ``ValueError`` if too few crops qualify.
     """
+    if count < 1:
+        raise ValueError(f"the number of sequences must be at least 1, got {count}")
     size, length, height, width = config.crop, config.length, *images.shape[1:3]
     centres = {}
     sequences: list[tuple[np.ndarray, list[np.ndarray], list[np.ndarray], tuple]] = []
@@ -213,8 +215,9 @@ def sample_sequences(
             bar.update(1)
     if len(sequences) < count:
         raise ValueError(
-            f"only {len(sequences)} of {count} crops hold 1 to {config.max_objects} moving "
-            f"objects of >= {config.min_area} pixels (is anything moving in the video?)"
+            f"only {len(sequences)} of {count} crops hold {max(config.min_objects, 1)} to "
+            f"{config.max_objects} moving objects of >= {config.min_area} pixels (is anything "
+            "moving in the video?)"
         )
     slots = max(1, *(_num_tracks(s[2]) for s in sequences))  # at least one slot
     n = len(sequences)
