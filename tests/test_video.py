@@ -170,3 +170,16 @@ def test_track_writes_mot_tracks_in_video_pixels(video, tmp_path, capsys):
     ):
         assert main([*args, str(tmp_path / "u"), *extra]) == 1
         assert message in capsys.readouterr().err.strip().split("\n")[-1]
+
+
+def test_windows_cover_the_frame_and_own_each_point_once():
+    from sqair_pyro.track import _owns, window_origins
+
+    assert window_origins(240, 64) == [0, 64, 128, 176]
+    assert window_origins(64, 64) == [0]
+    origins = [(y, x) for y in window_origins(120, 48) for x in window_origins(160, 48)]
+    rng = np.random.default_rng(0)
+    for cx, cy in rng.uniform([0, 0], [160, 120], size=(200, 2)):
+        owners = [w for w in range(len(origins)) if _owns(origins, w, cx, cy, 48, 48)]
+        holders = [w for w, (y, x) in enumerate(origins) if y <= cy < y + 48 and x <= cx < x + 48]
+        assert len(owners) == 1 and owners[0] in holders  # exactly one window reports it
