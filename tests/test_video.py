@@ -183,3 +183,18 @@ def test_windows_cover_the_frame_and_own_each_point_once():
         owners = [w for w in range(len(origins)) if _owns(origins, w, cx, cy, 48, 48)]
         holders = [w for w, (y, x) in enumerate(origins) if y <= cy < y + 48 and x <= cx < x + 48]
         assert len(owners) == 1 and owners[0] in holders  # exactly one window reports it
+
+
+def test_link_across_joins_a_track_that_ends_and_one_that_starts():
+    from sqair_pyro.track import link_across
+
+    rows = [
+        (0, 7, 10.0, 10.0, 5.0, 10.0),
+        (1, 7, 11.0, 10.0, 5.0, 10.0),
+        (2, 3, 12.0, 10.0, 5.0, 10.0),  # a new chunk: the same walker, another id
+        (2, 9, 80.0, 80.0, 5.0, 10.0),  # someone else appears far away
+        (3, 3, 13.0, 10.0, 5.0, 10.0),
+    ]
+    linked = link_across(rows)
+    assert [r[1] for r in linked] == [0, 0, 0, 1, 0]
+    assert [r[2:] for r in linked] == [r[2:] for r in sorted(rows)]

@@ -7,8 +7,10 @@ covers every frame (the last row and column aligned to the far edge). The guide 
 objects of every window of a chunk at once (one posterior sample; windows without foreground
 are skipped), and their content boxes are mapped back to the video's own pixels.
 
-Identities live within one window of one chunk: the model sees one window at a time, so an
-object that crosses into another window or chunk gets a new identity there.
+The model keeps identities within one window of one chunk (it sees one window at a time);
+across windows and chunks they are joined afterwards: a track that ends at frame ``t`` and one
+that starts at ``t + 1`` are one object if their boxes overlap (IoU >= :data:`LINK_IOU`,
+Hungarian matching), :func:`link_across`.
 
 Writes ``tracks.txt`` in the MOTChallenge format (``frame, id, x, y, w, h, conf, -1, -1, -1``,
 frames counted from 1 in the video's own numbering, ``conf`` -1) and ``tracks.gif``, the
@@ -25,6 +27,7 @@ import cv2
 import numpy as np
 import pyro
 import torch
+from scipy.optimize import linear_sum_assignment
 from tqdm.auto import tqdm
 
 from sqair_pyro.checkpoint import load_checkpoint
@@ -32,9 +35,13 @@ from sqair_pyro.data.frames import frame_size, read_frames
 from sqair_pyro.data.video import VideoDataConfig, foreground
 from sqair_pyro.evaluate import predicted_boxes
 from sqair_pyro.predict import reconstruct
+from sqair_pyro.tracking import box_iou
 
 __all__ = ["track_video", "window_origins"]
 
+#: Boxes of a track that ends and one that starts a frame later with at least this IoU are
+#: one object.
+LINK_IOU = 0.3
 #: The GIF shows the first frames only (a whole video would be tens of megabytes).
 GIF_FRAMES = 100
 #: Colours of identities in the GIF (RGB), cycled.
@@ -51,6 +58,38 @@ def window_origins(size: int, window: int) -> list[int]:
     if size < window:
         raise ValueError(f"frames of {size} pixels are smaller than the model's {window}")
     return sorted({*range(0, size - window + 1, window), size - window})
+
+
+def link_across(rows: list[tuple], min_iou: float = LINK_IOU) -> list[tuple]:
+    """Rows ``(frame index, id, x, y, w, h)`` with identities joined across the model's
+    windows and chunks (see the module docstring), renumbered from 0 in order of appearance."""
+    parent: dict[int, int] = {}
+
+    def root(i: int) -> int:
+        while parent.get(i, i) != i:
+            i = parent[i]
+        return i
+
+    by_frame: dict[int, list[tuple]] = {}
+    for row in rows:
+        by_frame.setdefault(row[0], []).append(row)
+    for t in sorted(by_frame):
+        now, after = by_frame[t], by_frame.get(t + 1, [])
+        ids_now, ids_after = {r[1] for r in now}, {r[1] for r in after}
+        ending = [r for r in now if r[1] not in ids_after]
+        starting = [r for r in after if r[1] not in ids_now]
+        if not ending or not starting:
+            continue
+        iou = box_iou(np.array([r[2:] for r in ending]), np.array([r[2:] for r in starting]))
+        for e, s in zip(*linear_sum_assignment(-iou), strict=True):
+            if iou[e, s] >= min_iou:
+                parent[root(starting[s][1])] = root(ending[e][1])
+    order: dict[int, int] = {}
+    linked = []
+    for row in sorted(rows):
+        new = order.setdefault(root(row[1]), len(order))
+        linked.append((row[0], new, *row[2:]))
+    return linked
 
 
 def _owns(
@@ -141,6 +180,7 @@ def track_video(
                     (t0 + t, fresh[int(ids[k, t, n])], (x0 + x) * scale[1], (y0 + y) * scale[0],
                      w * scale[1], h * scale[0])
                 )  # fmt: skip
+    rows = link_across(rows)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tracks = out / "tracks.txt"
@@ -161,6 +201,6 @@ def track_video(
         "tracks": tracks,
         "gif": gif,
         "frames": shown,
-        "identities": next_id,
+        "identities": len({row[1] for row in rows}),
         "boxes": len(rows),
     }

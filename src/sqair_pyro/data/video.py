@@ -33,6 +33,8 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from tqdm.auto import tqdm
 
+from sqair_pyro.tracking import box_iou
+
 from .format import metadata_array, save_npz
 from .frames import read_frames
 
@@ -132,17 +134,6 @@ def crop_objects(mask: np.ndarray, min_area: int) -> np.ndarray:
     return stats[:, :4].astype(np.float32)
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix ``[len(a), len(b)]`` of xywh boxes."""
-    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x1 = np.minimum(a[:, None, 0] + a[:, None, 2], b[None, :, 0] + b[None, :, 2])
-    y1 = np.minimum(a[:, None, 1] + a[:, None, 3], b[None, :, 1] + b[None, :, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    union = (a[:, 2] * a[:, 3])[:, None] + (b[:, 2] * b[:, 3])[None, :] - inter
-    return inter / np.maximum(union, 1e-9)
-
-
 def link_tracks(boxes: list[np.ndarray], min_iou: float) -> list[np.ndarray]:
     """Identities of the boxes of consecutive frames: each frame's boxes are matched to the
     previous frame's by maximum total IoU (Hungarian), pairs below ``min_iou`` not linked;
@@ -152,7 +143,7 @@ def link_tracks(boxes: list[np.ndarray], min_iou: float) -> list[np.ndarray]:
     for t, current in enumerate(boxes):
         frame_ids = np.full(len(current), -1, np.int64)
         if t > 0 and len(current) and len(boxes[t - 1]):
-            iou = _iou(boxes[t - 1], current)
+            iou = box_iou(boxes[t - 1], current)
             rows, cols = linear_sum_assignment(-iou)
             for r, c in zip(rows, cols, strict=True):
                 if iou[r, c] >= min_iou:
