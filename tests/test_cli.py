@@ -240,3 +240,35 @@ def test_train_digits_bad_input_is_one_clear_line(tmp_path, capsys):
     code = main(["train-digits", "--out", str(tmp_path / "c.pt"), "--mnist-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+class _Payload:
+    """Unpickling this writes a marker file: a checkpoint that runs code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tiny_data, tmp_path, capsys):
+    """evaluate, show and train --resume load checkpoints as data (weights_only): a crafted
+    pickle is one clear line and its payload never runs."""
+    import torch
+
+    marker = tmp_path / "payload-ran"
+    crafted = tmp_path / "crafted.pt"
+    torch.save({"format": _Payload(str(marker))}, crafted)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(crafted.read_bytes())
+    for args in (
+        ["evaluate", "--checkpoint", str(crafted), "--data", str(tiny_data), "--out", "r.json"],
+        ["show", "--checkpoint", str(crafted), "--data", str(tiny_data), "--out", str(tmp_path)],
+        ["train", "--resume", "--data", str(tiny_data), "--out", str(run)],
+    ):
+        assert main(args) == 1, args
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().split("\n")) == 1, err
+        assert not marker.exists(), f"{args[0]} ran the checkpoint's code"

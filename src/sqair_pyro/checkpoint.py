@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -109,8 +110,14 @@ def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict[
     try:
         # Data only: tensors, containers and numbers. A pickle that would run code is refused.
         payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:  # objects other than data: never run them
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: it holds objects other than tensors and plain "
+            "data, and loading those could run code; refused"
+        ) from error
     except Exception as error:  # torch raises many kinds for a damaged file
-        raise CheckpointError(f"cannot read checkpoint {path}: {error}") from error
+        first_line = str(error).strip().split("\n")[0]
+        raise CheckpointError(f"cannot read checkpoint {path}: {first_line}") from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a sqair-pyro checkpoint")
     if payload.get("version") != VERSION:
