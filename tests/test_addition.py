@@ -22,7 +22,7 @@ from sqair_pyro.checkpoint import save_checkpoint
 from sqair_pyro.cli import main
 from sqair_pyro.config import preset
 from sqair_pyro.data import load_npz
-from sqair_pyro.infer import PosteriorMeans
+from sqair_pyro.infer import LatentMeans
 
 torch.set_num_threads(1)
 
@@ -133,7 +133,7 @@ def test_features_of_the_guide(name, splits):
 
 
 def test_posterior_means_replace_continuous_draws_only():
-    """Under PosteriorMeans a Normal site is its mean; a Bernoulli is still drawn."""
+    """Under LatentMeans a Normal site is its mean; a Bernoulli is still drawn."""
 
     def program():
         loc = torch.tensor([1.0, -2.0])
@@ -141,7 +141,7 @@ def test_posterior_means_replace_continuous_draws_only():
         pres = pyro.sample("pres", pyro.distributions.Bernoulli(torch.full((1000,), 0.3)))
         return what, pres
 
-    with PosteriorMeans():
+    with LatentMeans():
         what, pres = program()
     assert torch.equal(what, torch.tensor([1.0, -2.0]))
     assert set(pres.unique().tolist()) == {0.0, 1.0}  # drawn, not its mean 0.3
@@ -159,7 +159,7 @@ def test_mean_features_are_the_guides_means(splits):
     torch.testing.assert_close(means, again, rtol=0, atol=0)
     assert means.shape == drawn.shape and not torch.equal(means, drawn)
     frames = torch.from_numpy(images).float() / 255
-    with PosteriorMeans():
+    with LatentMeans():
         trace = pyro.poutine.trace(guide).get_trace(frames)
     continuous = [s for s in trace.nodes.values() if s["type"] == "sample" and "z_wh" in s["name"]]
     assert continuous

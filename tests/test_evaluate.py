@@ -30,6 +30,7 @@ from sqair_pyro.evaluate import (
     predicted_boxes,
     save_report,
     single_sample_terms,
+    site_family,
 )
 from sqair_pyro.models.air import frame_ids
 from sqair_pyro.tracking import tracking_metrics
@@ -134,6 +135,12 @@ def test_log_px_bound_tightens_to_the_truth():
     assert abs(gaps[1]) < 0.02  # K = 1000: within a few hundredths of log p(x)
 
 
+def test_site_families_drop_frame_and_slot_indices():
+    assert site_family("z_what_prop_3_1") == "z_what_prop"
+    assert site_family("z_7") == "z" and site_family("z_pres") == "z_pres"
+    assert site_family("x_0") == "x" and site_family("layer2_w") == "layer2_w"
+
+
 def test_single_sample_terms_form_the_elbo():
     x = torch.tensor([-1.0, 0.3, 2.0])
     pyro.set_rng_seed(1)
@@ -168,6 +175,20 @@ def test_both_models_report_every_key_per_sequence(name, test_arrays, tmp_path):
     )
     assert REQUIRED <= set(report)
     assert report["num_sequences"] == 5 and report["num_particles"] == 3
+    # The KL's share of each site family sums to the KL (same sample, float rounding).
+    families = {
+        "mlp-sqair": {
+            "z_pres_disc",
+            "z_where_disc",
+            "z_what_disc",
+            "z_pres_prop",
+            "z_where_prop",
+            "z_what_prop",
+        },
+        "mlp-air": {"z_pres", "z_where", "z_what"},
+    }[name]
+    assert set(report["kl_by_site"]) == families
+    assert sum(report["kl_by_site"].values()) == pytest.approx(report["kl"], rel=1e-5, abs=1e-3)
     assert report["num_frames"] == test_arrays["images"].shape[1] == 10
     assert report["num_gt_dets"] == int(test_arrays["visible"][:5].sum())
     assert report["config"]["model"]["name"] == name[4:]

@@ -142,6 +142,8 @@ def test_bad_input_is_one_clear_error(arrays, tiny_data, tmp_path, capsys):
     assert report["imagined_kept"] == [None] * 7 and len(report["distance_stay"]) == 7
     with pytest.raises(ValueError, match="observed frames"):
         forecast(model, guide, config, arrays, clf, num_observed=10)
+    with pytest.raises(ValueError, match="latents must be one of sample, mean, got 'best'"):
+        forecast(model, guide, config, arrays, clf, latents="best")
     air = small_config("mlp-air")
     with pytest.raises(ValueError, match="needs a model with a temporal prior"):
         forecast(*build(air), air, arrays, clf)
@@ -149,8 +151,13 @@ def test_bad_input_is_one_clear_error(arrays, tiny_data, tmp_path, capsys):
     classifier = save_classifier(clf, {"test_accuracy_central": 0.1}, tmp_path / "d.pt")
     args = ["forecast", "--checkpoint", str(checkpoint), "--data", str(tiny_data), "--classifier"]
     out = tmp_path / "f.json"
-    assert main([*args, str(classifier), "--out", str(out), "--sequences", "4"]) == 0
-    assert json.loads(out.read_text())["num_sequences"] == 4 and out.with_suffix(".png").exists()
+    assert (
+        main([*args, str(classifier), "--out", str(out), "--sequences", "4", "--latents", "mean"])
+        == 0
+    )
+    written = json.loads(out.read_text())
+    assert written["num_sequences"] == 4 and written["latents"] == "mean"
+    assert out.with_suffix(".png").exists()
     assert "h=7: class kept" in capsys.readouterr().out
     cases = [
         (["--classifier", str(checkpoint)], "not a sqair-pyro digit classifier"),

@@ -176,6 +176,29 @@ def test_imagine_continues_the_observed_objects():
     assert carried.sum() >= 0.9 * (last >= 0).sum() > 0
 
 
+def test_imagine_at_the_means_follows_the_prior_means():
+    """With ``means`` the observed frames use the posterior means and each imagined frame the
+    prior's means given the previous one: only z_pres is drawn, so two runs with different
+    seeds agree in every frame up to the first where their objects differ."""
+    from sqair_pyro.predict import imagine, reconstruct
+
+    model, guide = build(preset("mlp-sqair", hidden=32, z_what_dim=8))
+    observed = torch.rand(4, 3, 50, 50)
+    runs = []
+    for seed in (1, 2):
+        pyro.set_rng_seed(seed)
+        runs.append(imagine(model, guide, observed, num_future=2, means=True))
+    a, b = ({k: v[0] for k, v in run.items()} for run in runs)
+    same = (a["z_pres"] == b["z_pres"]).all(-1).all(-1)  # (B, T) frames with the same objects
+    same = same.cumprod(-1).bool()  # ... and the same in every earlier frame
+    assert same[:, :4].any()
+    torch.testing.assert_close(a["z_what"][same], b["z_what"][same])
+    torch.testing.assert_close(a["canvas"][same], b["canvas"][same])
+    pyro.set_rng_seed(1)
+    seen = reconstruct(model, guide, observed, means=True)
+    torch.testing.assert_close(seen["z_what"][:, :3][same[:, :3]], a["z_what"][:, :3][same[:, :3]])
+
+
 def test_conv_sqair_trains_a_step():
     """The CONV variant's shared CNN, subpixel decoder and the objective fit together."""
     from sqair_pyro.infer import VIMCO_ELBO

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from sqair_pyro.config import Config
 from sqair_pyro.data import check_frames
 from sqair_pyro.evaluate import ADDITION_FORMAT
-from sqair_pyro.infer import PosteriorMeans
+from sqair_pyro.infer import LatentMeans
 
 #: The per-frame features of the probe: z_what drawn (the paper's), or at its posterior mean.
 FEATURES = ("sample", "mean")
@@ -104,7 +104,7 @@ def extract_features(
 
     :param images: uint8 (S, T, H, W) sequences.
     :param features: ``"sample"`` (z_what drawn) or ``"mean"`` (z_what and z_where at their
-        posterior means, z_pres drawn; :class:`sqair_pyro.infer.PosteriorMeans`).
+        posterior means, z_pres drawn; :class:`sqair_pyro.infer.LatentMeans`).
     :returns: (S, T, N * D) float32 features (:func:`frame_features`).
     """
     if features not in FEATURES:
@@ -119,7 +119,7 @@ def extract_features(
         frames = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
         frames = frames.float() / 255.0
         b = frames.shape[0]
-        with PosteriorMeans() if features == "mean" else contextlib.nullcontext():
+        with LatentMeans() if features == "mean" else contextlib.nullcontext():
             latents = guide(frames)  # one posterior sample, (B, T, N, .)
         if "z_pres" in latents:  # a model of objects: their appearances
             per_frame = frame_features(latents["z_what"], latents["z_pres"])

@@ -253,13 +253,15 @@ def cmd_forecast(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         match_iou=args.match_iou,
         seed=args.seed,
+        latents=args.latents,
     )
     save_report(report, args.out)
     figure = plot_forecast(
         args.out.with_suffix(".png"),
         report,
         title=f"{Path(report['checkpoint']).name} (step {report['checkpoint_step']}): sees "
-        f"{report['num_observed']} frames, imagines the rest ({report['num_sequences']} sequences)",
+        f"{report['num_observed']} frames, imagines the rest ({report['num_sequences']} sequences, "
+        f"latents {'at their means' if report['latents'] == 'mean' else 'drawn'})",
     )
     for h, kept, ceiling, dist, stay, cv in zip(
         report["horizons"],
@@ -585,6 +587,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive, default=50)
     p.add_argument("--match-iou", type=float, default=0.5, help="IoU to match objects to digits")
     p.add_argument("--classifier", type=Path, help="digit classifier (default: the shipped one)")
+    p.add_argument(
+        "--latents",
+        choices=("sample", "mean"),
+        default="sample",
+        help="draw the continuous latents (the paper's figures) or take their means",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--threads", type=_non_negative, default=0, help="torch threads (0: torch's default)"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Mapping
@@ -63,6 +64,7 @@ __all__ = [
     "predicted_boxes",
     "save_report",
     "single_sample_terms",
+    "site_family",
 ]
 
 REPORT_FORMAT = "sqair-pyro-evaluation"
@@ -181,34 +183,46 @@ def single_sample_terms(model: nn.Module, guide: nn.Module, images: torch.Tensor
 
     :param images: the programs' input, e.g. (B, T, H, W).
     :returns: ``log_px_given_z`` and ``kl`` per datum of the data plate ((B,) for SQAIR,
-        (B * T,) for AIR, whose data are frames), and ``latents``, the model's return value
-        (``z_pres``, ``z_where``, ``z_what``, ``canvas``, ``ids``).
+        (B * T,) for AIR, whose data are frames), ``kl_by_site``, the KL's share of each
+        site family (:func:`site_family`), which sum to ``kl``, and ``latents``, the model's
+        return value (``z_pres``, ``z_where``, ``z_what``, ``canvas``, ``ids``).
     """
     guide_trace, model_trace = replayed(model, guide, images)
     guide_trace.compute_log_prob()
     model_trace.compute_log_prob()
     zero = images.new_zeros(())
-    log_px_given_z, log_p_z, log_q_z = zero, zero, zero
-    for site in model_trace.nodes.values():
+    log_px_given_z = zero
+    kl_by_site: dict[str, torch.Tensor] = {}
+    for name, site in model_trace.nodes.items():
         if site["type"] != "sample" or site_is_subsample(site):
             continue
         lp = _per_datum(site["log_prob"])
         if site["is_observed"]:
             log_px_given_z = log_px_given_z + lp
         else:
-            log_p_z = log_p_z + lp
+            family = site_family(name)
+            kl_by_site[family] = kl_by_site.get(family, zero) - lp
     for name, site in guide_trace.nodes.items():
         if site["type"] != "sample" or site_is_subsample(site):
             continue
         if name not in model_trace.nodes:
             raise ValueError(f"guide site {name!r} is not in the model")
-        log_q_z = log_q_z + _per_datum(site["log_prob"])
-    shape = torch.broadcast_shapes(log_px_given_z.shape, log_p_z.shape, log_q_z.shape)
+        family = site_family(name)
+        kl_by_site[family] = kl_by_site.get(family, zero) + _per_datum(site["log_prob"])
+    kl = sum(kl_by_site.values(), zero)
+    shape = torch.broadcast_shapes(log_px_given_z.shape, kl.shape)
     return {
         "log_px_given_z": log_px_given_z.expand(shape),
-        "kl": (log_q_z - log_p_z).expand(shape),
+        "kl": kl.expand(shape),
+        "kl_by_site": {family: term.expand(shape) for family, term in kl_by_site.items()},
         "latents": model_trace.nodes["_RETURN"]["value"],
     }
+
+
+def site_family(name: str) -> str:
+    """The family of a sample site: its name without trailing frame and slot indices
+    (``z_what_prop_3_1`` -> ``z_what_prop``, ``z_7`` -> ``z``)."""
+    return re.sub(r"(_\d+)+$", "", name)
 
 
 def log_px(
@@ -322,6 +336,7 @@ def evaluate(
     started = time.perf_counter()
     pyro.set_rng_seed(seed)
     sums: dict[str, list[torch.Tensor]] = {"log_px": [], "log_px_given_z": [], "kl": []}
+    kl_sums: dict[str, list[torch.Tensor]] = {}
     hits, hits_visible, inferred, digits = [], [], [], []
     all_boxes, all_ids = [], []
     starts = range(0, num_sequences, batch_size)
@@ -339,6 +354,8 @@ def evaluate(
         terms = single_sample_terms(model, guide, frames)
         sums["log_px_given_z"].append(per_sequence(terms["log_px_given_z"]))
         sums["kl"].append(per_sequence(terms["kl"]))
+        for family, term in terms["kl_by_site"].items():
+            kl_sums.setdefault(family, []).append(per_sequence(term))
         latents = terms["latents"]
         if "z_pres" in latents:  # a model of objects (not a VRNN): count and track them
             boxes, ids = predicted_boxes(
@@ -388,6 +405,7 @@ def evaluate(
     for key, values in sums.items():
         report[key], report[f"{key}_se"] = _mean_and_se(values)
     report["elbo"] = report["log_px_given_z"] - report["kl"]
+    report["kl_by_site"] = {family: _mean_and_se(v)[0] for family, v in sorted(kl_sums.items())}
     report.update(
         **counting,
         mean_inferred_count=torch.cat(inferred).float().mean().item() if inferred else None,

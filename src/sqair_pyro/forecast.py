@@ -15,6 +15,9 @@ a real digit is scored at each horizon ``h`` (frames after the last one seen):
 
 Objects are matched to digits at the last observed frame by box IoU (Hungarian assignment,
 IoU >= ``match_iou``) and then followed by identity.
+
+The continuous latents are drawn (the paper's figures show draws) or, with ``latents="mean"``,
+taken at their means: a point forecast, the path of the prior's conditional means.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ REPORT_FORMAT = "sqair-pyro-forecast"
 #: The paper's Fig. 6 setting: three frames seen, the rest imagined.
 NUM_OBSERVED = 3
 _DATA_KEYS = ("images", "boxes", "visible", "labels")
+#: How the continuous latents are read: drawn, or at their means.
+LATENTS = ("sample", "mean")
 #: What the report needs beyond the frames: motion (required) and the digit class check.
 USES = {"motion errors": ("boxes", "visible"), "class kept": ("labels",)}
 
@@ -213,9 +218,15 @@ def forecast(
     seed: int = 0,
     progress: bool = True,
     source: str = "the data",
+    latents: str = "sample",
 ) -> dict[str, Any]:
     """The forecast report of a SQAIR model on ``arrays`` with ground-truth boxes (see the
-    module doc); ``kept`` is None without digit labels."""
+    module doc); ``kept`` is None without digit labels. ``latents``: ``"sample"`` draws the
+    continuous latents (the paper's figures), ``"mean"`` takes their means, the posterior's
+    and then the prior's (:func:`sqair_pyro.predict.imagine`), for imagination and
+    reconstruction alike; z_pres is drawn either way."""
+    if latents not in LATENTS:
+        raise ValueError(f"latents must be one of {', '.join(LATENTS)}, got {latents!r}")
     arrays = normalise_arrays(arrays, source)
     digits = _check_arrays(arrays, config, model, num_observed, source)
     if batch_size < 1:
@@ -238,12 +249,14 @@ def forecast(
         batch_arrays = {key: np.asarray(arrays[key][index]) for key in _DATA_KEYS if key in arrays}
         if not digits:
             batch_arrays.pop("labels", None)
-        imagined = imagine(model, guide, images[:, :num_observed], num_frames - num_observed)
+        means = latents == "mean"
+        future = num_frames - num_observed
+        imagined = imagine(model, guide, images[:, :num_observed], future, means=means)
         imagined = {key: value[0] for key, value in imagined.items()}
-        seen = reconstruct(model, guide, images)
-        for name, latents in (("imagined", imagined), ("reconstructed", seen)):
+        seen = reconstruct(model, guide, images, means=means)
+        for name, inferred in (("imagined", imagined), ("reconstructed", seen)):
             scores = score_objects(
-                latents, model, classifier, batch_arrays, num_observed, match_iou, image_size
+                inferred, model, classifier, batch_arrays, num_observed, match_iou, image_size
             )
             for key, value in scores.items():
                 parts.setdefault(f"{name}_{key}", []).append(value)
@@ -256,6 +269,7 @@ def forecast(
         "num_observed": num_observed,
         "horizons": list(range(1, num_frames - num_observed + 1)),
         "match_iou": match_iou,
+        "latents": latents,
         "seed": seed,
         "proxy_ground_truth": bool(read_metadata(arrays).get("proxy_ground_truth", False)),
     }

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pyro.poutine as poutine
 import torch
 from torch import nn
 
+from sqair_pyro.infer import LatentMeans
 from sqair_pyro.nn.spatial_transformer import where_to_transform, z_where_to_boxes
 
 
@@ -23,16 +25,23 @@ def replayed(
     return guide_trace, model_trace
 
 
+def _drawn_or_means(means: bool) -> contextlib.AbstractContextManager:
+    """Continuous latents at their means (:class:`~sqair_pyro.infer.LatentMeans`) or drawn."""
+    return LatentMeans() if means else contextlib.nullcontext()
+
+
 @torch.no_grad()
 def reconstruct(
-    model: nn.Module, guide: nn.Module, images: torch.Tensor
+    model: nn.Module, guide: nn.Module, images: torch.Tensor, means: bool = False
 ) -> dict[str, torch.Tensor]:
     """One posterior sample: the guide's latents and the model's noise-free ``canvas`` given them.
 
     ``images`` (B, T, H, W) (or single images for AIR, (B, H, W)); the result holds
-    ``z_pres``, ``z_where``, ``z_what`` (..., N, ·), ``canvas`` and ``ids``.
+    ``z_pres``, ``z_where``, ``z_what`` (..., N, ·), ``canvas`` and ``ids``. With ``means``
+    the continuous latents are the posterior's means (z_pres is still drawn).
     """
-    return replayed(model, guide, images)[1].nodes["_RETURN"]["value"]
+    with _drawn_or_means(means):
+        return replayed(model, guide, images)[1].nodes["_RETURN"]["value"]
 
 
 def boxes_and_ids(latents: dict[str, torch.Tensor], image_size: tuple[int, int]) -> tuple:
@@ -57,12 +66,17 @@ def imagine(
     observed: torch.Tensor,
     num_future: int,
     num_samples: int = 1,
+    means: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Conditional generation (paper Fig. 6): see the first frames, imagine the rest.
 
     Posterior predictive sampling as Pyro handlers: the guide infers the objects of the
     ``observed`` frames (B, T_obs, H, W); the model is replayed on those latents and then
     runs its propagation and discovery priors forward for ``num_future`` more frames.
+
+    With ``means`` every continuous latent takes its mean instead of a draw: the posterior's
+    for the observed frames, then the prior's, step by step (z_pres is still drawn): the
+    path of the prior's conditional means, without the random walk that its draws of z_what add.
 
     :returns: ``canvas`` (S, B, T_obs + num_future, H, W) — reconstructions of the observed
         frames followed by imagined ones — and the latents and ``ids`` of every frame, for
@@ -74,8 +88,14 @@ def imagine(
         # A model whose dynamics read past frames (a VRNN) is given the observed ones; one
         # whose dynamics read only its latents (SQAIR) runs from them alone.
         frames = observed if getattr(model, "reads_frames", False) else None
-        _, trace = replayed(
-            model, guide, observed, frames, num_frames=num_observed + num_future, batch_size=batch
-        )
+        with _drawn_or_means(means):
+            _, trace = replayed(
+                model,
+                guide,
+                observed,
+                frames,
+                num_frames=num_observed + num_future,
+                batch_size=batch,
+            )
         samples.append(trace.nodes["_RETURN"]["value"])
     return {key: torch.stack([s[key] for s in samples]) for key in samples[0]}

@@ -7,11 +7,13 @@ from typing import Any
 from pyro.poutine.messenger import Messenger
 
 
-class PosteriorMeans(Messenger):
-    """Inside ``with PosteriorMeans():`` every unobserved reparameterisable site (z_what,
+class LatentMeans(Messenger):
+    """Inside ``with LatentMeans():`` every unobserved reparameterisable site (z_what,
     z_where) takes its distribution's mean instead of a draw; discrete sites (z_pres) are
     still sampled. Run a guide under it for the posterior means of its continuous latents,
-    e.g. as the features of a representation probe.
+    e.g. as the features of a representation probe; run a model under it (outside a replay,
+    which fixes the sites it holds) for the prior's most likely continuation, e.g. imagined
+    futures without the prior's sampling noise.
     """
 
     def _pyro_sample(self, msg: dict[str, Any]) -> None:
