@@ -135,7 +135,10 @@ def test_a_file_with_only_images_trains_and_shows(png_folder, tmp_path, capsys):
     colour = tmp_path / "colour.npz"
     assert main(["import-frames", str(png_folder), "--out", str(colour), "--colour"]) == 0
     assert main(["show", "--data", str(colour), "--out", str(out)]) == 1
-    assert "3 colour channels but the model reads grey" in capsys.readouterr().err
+    assert (
+        "reads grey frames (import them with `sqair-pyro import-frames` without `--colour`)"
+        in capsys.readouterr().err
+    )
 
 
 def test_boxes_without_labels_or_metadata_evaluate_with_tracking(tiny_data, tmp_path, capsys):

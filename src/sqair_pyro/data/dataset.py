@@ -95,7 +95,7 @@ def check_frames(images: np.ndarray, image_size: tuple[int, int]) -> None:
     if images.ndim == 5:
         raise ValueError(
             f"frames have {images.shape[-1]} colour channels but the model reads grey frames "
-            "(import them with `sqair-pyro import-frames --grey`)"
+            "(import them with `sqair-pyro import-frames` without `--colour`)"
         )
     if images.ndim != 4:
         raise ValueError(f"images must be [N, T, H, W], got shape {tuple(images.shape)}")
