@@ -20,7 +20,6 @@ objects were first seen (:func:`sqair_pyro.models.state.compact`).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Mapping
@@ -36,7 +35,7 @@ from tqdm.auto import tqdm
 from sqair_pyro.config import Config
 from sqair_pyro.data import check_frames
 from sqair_pyro.evaluate import ADDITION_FORMAT
-from sqair_pyro.infer import LatentMeans
+from sqair_pyro.infer import latent_means
 
 #: The per-frame features of the probe: z_what drawn (the paper's), or at its posterior mean.
 FEATURES = ("sample", "mean")
@@ -119,7 +118,7 @@ def extract_features(
         frames = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
         frames = frames.float() / 255.0
         b = frames.shape[0]
-        with LatentMeans() if features == "mean" else contextlib.nullcontext():
+        with latent_means(features == "mean"):
             latents = guide(frames)  # one posterior sample, (B, T, N, .)
         if "z_pres" in latents:  # a model of objects: their appearances
             per_frame = frame_features(latents["z_what"], latents["z_pres"])

@@ -241,6 +241,7 @@ def forecast(
     started = time.perf_counter()
     pyro.set_rng_seed(seed)
     num_frames = arrays["images"].shape[1]
+    future, means = num_frames - num_observed, latents == "mean"
     image_size = tuple(arrays["images"].shape[2:4])
     parts: dict[str, list[np.ndarray]] = {}
     for start in tqdm(range(0, total, batch_size), disable=not progress, desc="forecast"):
@@ -249,8 +250,6 @@ def forecast(
         batch_arrays = {key: np.asarray(arrays[key][index]) for key in _DATA_KEYS if key in arrays}
         if not digits:
             batch_arrays.pop("labels", None)
-        means = latents == "mean"
-        future = num_frames - num_observed
         imagined = imagine(model, guide, images[:, :num_observed], future, means=means)
         imagined = {key: value[0] for key, value in imagined.items()}
         seen = reconstruct(model, guide, images, means=means)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import pyro.poutine as poutine
 import torch
 from torch import nn
 
-from sqair_pyro.infer import LatentMeans
+from sqair_pyro.infer import latent_means
 from sqair_pyro.nn.spatial_transformer import where_to_transform, z_where_to_boxes
 
 
@@ -25,11 +24,6 @@ def replayed(
     return guide_trace, model_trace
 
 
-def _drawn_or_means(means: bool) -> contextlib.AbstractContextManager:
-    """Continuous latents at their means (:class:`~sqair_pyro.infer.LatentMeans`) or drawn."""
-    return LatentMeans() if means else contextlib.nullcontext()
-
-
 @torch.no_grad()
 def reconstruct(
     model: nn.Module, guide: nn.Module, images: torch.Tensor, means: bool = False
@@ -40,7 +34,7 @@ def reconstruct(
     ``z_pres``, ``z_where``, ``z_what`` (..., N, ·), ``canvas`` and ``ids``. With ``means``
     the continuous latents are the posterior's means (z_pres is still drawn).
     """
-    with _drawn_or_means(means):
+    with latent_means(means):
         return replayed(model, guide, images)[1].nodes["_RETURN"]["value"]
 
 
@@ -88,7 +82,7 @@ def imagine(
         # A model whose dynamics read past frames (a VRNN) is given the observed ones; one
         # whose dynamics read only its latents (SQAIR) runs from them alone.
         frames = observed if getattr(model, "reads_frames", False) else None
-        with _drawn_or_means(means):
+        with latent_means(means):
             _, trace = replayed(
                 model,
                 guide,

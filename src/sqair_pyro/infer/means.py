@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from pyro.poutine.messenger import Messenger
@@ -19,3 +20,8 @@ class LatentMeans(Messenger):
     def _pyro_sample(self, msg: dict[str, Any]) -> None:
         if msg["fn"].has_rsample and not msg["is_observed"] and msg["value"] is None:
             msg["value"] = msg["fn"].mean
+
+
+def latent_means(enabled: bool) -> contextlib.AbstractContextManager:
+    """:class:`LatentMeans` when ``enabled``, else a context that changes nothing (draws)."""
+    return LatentMeans() if enabled else contextlib.nullcontext()
