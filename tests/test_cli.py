@@ -173,7 +173,7 @@ def test_curves_of_several_runs(tmp_path, capsys):
         (["--set", "lr=abc"], "config lr must be float, got 'abc'"),
         (["--batch-size", "0"], "config batch_size must be positive, got 0"),
         (["--set", "clip=sometimes"], "config clip must be one of global, group"),
-        (["--set", "image_size=[0,50]"], "config image_size must be tuple[int, int]"),
+        (["--set", "image_size=[0,50]"], "config image_size must be two positive integers"),
         (["--set", "no_such_key=1"], "unknown config keys ['no_such_key']"),
         (["--device", "tpu"], "unknown device 'tpu'"),
     ],

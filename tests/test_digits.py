@@ -76,8 +76,11 @@ def test_files_round_trip_and_bad_files_are_refused(tmp_path, capsys):
     for key, value in classifier.state_dict().items():
         assert torch.equal(value, again.state_dict()[key])
     crafted = tmp_path / "crafted.pt"
-    crafted.write_bytes(pickle.dumps({"format": _Payload()}))
-    with pytest.raises(CheckpointError, match="cannot read"):
+    crafted.write_bytes(pickle.dumps({"format": _Payload()}))  # a bare pickle
+    with pytest.raises(CheckpointError, match="found a Python pickle"):
+        load_classifier(crafted)
+    torch.save({"format": _Payload()}, crafted)  # torch's format around it
+    with pytest.raises(CheckpointError, match="could run code; refused"):
         load_classifier(crafted)
     assert "payload ran" not in capsys.readouterr().out
     other = tmp_path / "other.pt"

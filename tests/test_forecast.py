@@ -140,7 +140,7 @@ def test_bad_input_is_one_clear_error(arrays, tiny_data, tmp_path, capsys):
     report = forecast(model, guide, config, unlabelled, clf, progress=False, source="u.npz")
     assert "u.npz has no labels: skipping class kept" in capsys.readouterr().err
     assert report["imagined_kept"] == [None] * 7 and len(report["distance_stay"]) == 7
-    with pytest.raises(ValueError, match="observed frames"):
+    with pytest.raises(ValueError, match="need more than 10 frames; these have 10"):
         forecast(model, guide, config, arrays, clf, num_observed=10)
     with pytest.raises(ValueError, match="latents must be one of sample, mean, got 'best'"):
         forecast(model, guide, config, arrays, clf, latents="best")
@@ -162,7 +162,7 @@ def test_bad_input_is_one_clear_error(arrays, tiny_data, tmp_path, capsys):
     cases = [
         (["--classifier", str(checkpoint)], "not a sqair-pyro digit classifier"),
         (["--classifier", str(tmp_path / "none.pt")], "not found"),
-        (["--observed", "12", "--classifier", str(classifier)], "observed frames"),
+        (["--observed", "12", "--classifier", str(classifier)], "need more than 12 frames"),
     ]
     for extra, message in cases:
         code = main([*args[:-1], "--out", str(out), *extra])

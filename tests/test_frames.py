@@ -2,6 +2,7 @@
 files with only some ground truth (only images; boxes without labels or metadata)."""
 
 import json
+import re
 
 import cv2
 import numpy as np
@@ -159,3 +160,33 @@ def test_boxes_without_labels_or_metadata_evaluate_with_tracking(tiny_data, tmp_
         save_npz(folder / f"{split}.npz", keep)
     assert main(["addition", "--data", str(folder), "--epochs", "1"]) == 1
     assert "the addition probe needs each object's class" in capsys.readouterr().err
+
+
+def test_a_truncated_video_says_so_in_one_line_and_keeps_what_it_read(tmp_path, capsys):
+    """A video cut short on disk: FFmpeg's decoder noise is silenced, one note says how many
+    frames of those the file claims could be read, and those are imported."""
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (80, 60))
+    for frame in _frames(40):
+        writer.write(frame)
+    writer.release()
+    data = video.read_bytes()
+    (tmp_path / "cut.avi").write_bytes(data[: len(data) // 2])
+    assert main(["import-frames", str(tmp_path / "cut.avi"), "--out", str(tmp_path / "c.npz"),
+                 "--length", "2"]) == 0  # fmt: skip
+    err = [line for line in capsys.readouterr().err.splitlines() if "frame/s" not in line]
+    notes = [line for line in err if "could be read" in line]
+    assert len(notes) == 1 and "should hold 40 frames" in notes[0], err
+    read = int(re.search(r"only (\d+) could be read", notes[0]).group(1))
+    assert 2 <= read < 40
+    assert load_npz(tmp_path / "c.npz")["images"].shape[0] == read // 2  # sequences of 2
+
+
+def test_frames_beyond_the_free_memory_are_refused_before_reading(png_folder, monkeypatch):
+    """The frames' bytes are checked against the free memory before any frame is read."""
+    from sqair_pyro.data import frames
+
+    monkeypatch.setattr(frames.os, "sysconf", lambda name: 1000)  # 1000 pages of 1000 bytes
+    with pytest.raises(ValueError, match=r"need .* GiB, more than the 0\.0 GiB of free memory"):
+        frames.read_frames(png_folder, (1000, 1000))
+    assert frames.read_frames(png_folder, (10, 10)).shape[1:] == (10, 10)

@@ -6,6 +6,8 @@ import hashlib
 import os
 import pickle
 import tempfile
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from torch import nn
 
 from sqair_pyro.build import build
 from sqair_pyro.config import Config
+from sqair_pyro.data.format import file_kind
 
 FORMAT = "sqair-pyro-checkpoint"
 VERSION = 1
@@ -102,29 +105,101 @@ def with_checksum(payload: dict[str, Any]) -> dict[str, Any]:
     return {**payload, "checksum": checksum(payload)}
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict[str, Any]:
-    """The raw checkpoint dictionary, checked to be one of ours."""
+#: The first bytes of torch's older (non-zip) format: a pickled magic number.
+LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8"
+
+
+def load_torch_file(
+    path: str | os.PathLike, what: str = "checkpoint", map_location: str = "cpu"
+) -> Any:
+    """A file written by ``torch.save``, loaded as data only (``weights_only``).
+
+    Anything else (an empty, text, image or video file, a data ``.npz``, a damaged archive,
+    a pickle of objects that could run code) is one :class:`CheckpointError` naming ``path``.
+    """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"{what} not found: {path}")
+    with path.open("rb") as f:
+        head = f.read(12)
+    if head.startswith(b"PK"):  # torch's zip format: one folder holding data.pkl
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except zipfile.BadZipFile:
+            raise CheckpointError(f"cannot read {what} {path}: truncated or damaged") from None
+        if not any(name.endswith("/data.pkl") for name in names):
+            raise CheckpointError(
+                f"{path} is not a {what}: a zip archive without torch's data.pkl (a .npz data "
+                "file?)"
+            )
+    elif not head.startswith(LEGACY_MAGIC):
+        raise CheckpointError(
+            f"{path} is not a {what}: found {file_kind(head)}, not a file written by torch.save"
+        )
     try:
-        # Data only: tensors, containers and numbers. A pickle that would run code is refused.
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's advice on its formats is not for users here
+            warnings.simplefilter("ignore")
+            # Data only: tensors, containers and numbers. A pickle that would run code is refused.
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:  # objects other than data: never run them
         raise CheckpointError(
-            f"cannot read checkpoint {path}: it holds objects other than tensors and plain "
+            f"cannot read {what} {path}: it holds objects other than tensors and plain "
             "data, and loading those could run code; refused"
         ) from error
     except Exception as error:  # torch raises many kinds for a damaged file
-        first_line = str(error).strip().split("\n")[0]
-        raise CheckpointError(f"cannot read checkpoint {path}: {first_line}") from error
+        first_line = str(error).strip().split("\n")[0] or type(error).__name__
+        raise CheckpointError(f"cannot read {what} {path}: {first_line}") from error
+
+
+#: What every checkpoint holds besides its format, version and checksum.
+REQUIRED = {"config": dict, "model": dict, "guide": dict}
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict[str, Any]:
+    """The raw checkpoint dictionary, checked to be one of ours."""
+    path = Path(path)
+    payload = load_torch_file(path, "checkpoint", map_location)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a sqair-pyro checkpoint")
     if payload.get("version") != VERSION:
         raise CheckpointError(f"{path} has checkpoint version {payload.get('version')}")
     if "checksum" in payload and payload["checksum"] != checksum(payload):  # older: none
         raise CheckpointError(f"{path} is corrupt: its contents do not match its checksum")
+    for key, kind in REQUIRED.items():
+        if key not in payload:
+            raise CheckpointError(f"{path} is not a complete checkpoint: it has no {key!r}")
+        if not isinstance(payload[key], kind):
+            found = type(payload[key]).__name__
+            raise CheckpointError(
+                f"{path} is damaged: its {key!r} is a {found}, not a {kind.__name__}"
+            )
     return payload
+
+
+def state_mismatch(module: nn.Module, state: dict[str, Any]) -> str | None:
+    """How ``state`` fails to fit ``module``'s parameters and buffers, in one line, or None."""
+    own = module.state_dict()
+    missing = [key for key in own if key not in state]
+    unexpected = [key for key in state if key not in own]
+    reshaped = [
+        key
+        for key in own
+        if key in state
+        and (not isinstance(state[key], torch.Tensor) or state[key].shape != own[key].shape)
+    ]
+    if not (missing or unexpected or reshaped):
+        return None
+    parts = [
+        f"{len(keys)} {label} (first: {keys[0]})"
+        for keys, label in (
+            (missing, "missing"),
+            (unexpected, "unexpected"),
+            (reshaped, "of another shape"),
+        )
+        if keys
+    ]
+    return "weights " + ", ".join(parts)
 
 
 def load_checkpoint(
@@ -135,8 +210,11 @@ def load_checkpoint(
     try:
         config = Config.from_dict(payload["config"])
         model, guide = build(config)
-        model.load_state_dict(payload["model"])
-        guide.load_state_dict(payload["guide"])
-    except (KeyError, ValueError, RuntimeError) as error:
-        raise CheckpointError(f"checkpoint {path} does not match its config: {error}") from error
+    except (KeyError, ValueError, TypeError) as error:
+        raise CheckpointError(f"checkpoint {path} holds an invalid config: {error}") from error
+    for name, module in (("model", model), ("guide", guide)):
+        problem = state_mismatch(module, payload[name])
+        if problem is not None:
+            raise CheckpointError(f"checkpoint {path} does not match its config: {name} {problem}")
+        module.load_state_dict(payload[name])
     return config, model.to(map_location), guide.to(map_location), payload

@@ -8,8 +8,9 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
-from sqair_pyro.config import PRESETS, preset
+from sqair_pyro.config import CHOICES, PRESETS, preset
 
 
 def _parse_override(text: str) -> tuple[str, object]:
@@ -46,6 +47,8 @@ def _options(args: argparse.Namespace, chosen: dict, other: dict, source: str) -
 
 
 def cmd_make_data(args: argparse.Namespace) -> None:
+    if args.train_size == args.test_size == 0:
+        raise ValueError("nothing to make: --train-size and --test-size are both 0")
     if args.video is not None:
         from sqair_pyro.data.video import VideoDataConfig, make_video_data
 
@@ -201,6 +204,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
 def cmd_show(args: argparse.Namespace) -> None:
     from sqair_pyro.show import show_checkpoint
 
+    if args.run is not None and not (args.run / "metrics.csv").is_file():
+        raise FileNotFoundError(f"--run {args.run}: no metrics.csv there (a training run folder)")
     paths = show_checkpoint(
         args.checkpoint or default_checkpoint(),
         args.data,
@@ -244,6 +249,8 @@ def cmd_forecast(args: argparse.Namespace) -> None:
     from sqair_pyro.forecast import forecast_checkpoint
     from sqair_pyro.viz import plot_forecast
 
+    if args.out.suffix.lower() == ".png":
+        raise ValueError(f"--out {args.out} is the JSON report; its figure goes beside it (.png)")
     report = forecast_checkpoint(
         args.checkpoint or default_checkpoint(),
         args.data,
@@ -300,9 +307,14 @@ def cmd_train_digits(args: argparse.Namespace) -> None:
 def _run_spec(text: str) -> tuple[Path, float]:
     path, sep, hours = text.partition(":")
     try:
-        return Path(path), float(hours) if sep else 0.0
+        before = float(hours) if sep else 0.0
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected RUN_DIR[:HOURS_BEFORE], got {text!r}") from None
+        before = math.nan
+    if not 0 <= before < math.inf:
+        raise argparse.ArgumentTypeError(
+            f"expected RUN_DIR[:HOURS_BEFORE] with HOURS_BEFORE a finite number >= 0, got {text!r}"
+        )
+    return Path(path), before
 
 
 def cmd_curves(args: argparse.Namespace) -> None:
@@ -315,6 +327,9 @@ def cmd_curves(args: argparse.Namespace) -> None:
     for path, before in args.runs:
         metrics = path / "metrics.csv" if path.is_dir() else path
         train, validation = read_metrics(metrics)
+        logged = [validation.get("val"), train.get("counting_accuracy"), train.get("bound")]
+        if not any(column is not None and np.isfinite(column).any() for column in logged):
+            raise ValueError(f"{metrics} holds no logged bound or counting accuracy yet")
         # The run directory's name; a CSV's own name unless it is a run's metrics.csv.
         label = metrics.parent.name if metrics.name == "metrics.csv" else metrics.stem
         runs.append((label, train, validation, before))
@@ -362,8 +377,56 @@ def _positive(text: str) -> int:
     return value
 
 
+#: The largest frame side (pixels) a command resizes to; beyond it OpenCV and memory give out.
+MAX_SIDE = 8192
+
+
+def _side(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= MAX_SIDE:
+        raise argparse.ArgumentTypeError(
+            f"must be a positive integer up to {MAX_SIDE} (pixels), got {text}"
+        )
+    return value
+
+
+#: Seeds go to NumPy, whose generators take 0 <= seed < 2**32.
+MAX_SEED = 2**32 - 1
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be 0 to {MAX_SEED}, got {text}")
+    return value
+
+
+def _unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def check_output(args: argparse.Namespace) -> None:
+    """A command's ``--out`` checked before its work: a folder it can create and write in, or
+    a file (not a folder) in one (:mod:`sqair_pyro.outputs`)."""
+    from sqair_pyro.outputs import output_dir, output_file
+
+    out = getattr(args, "out", None)
+    if out is not None:
+        (output_dir if args.out_kind == "dir" else output_file)(out)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with bad arguments said in one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sqair-pyro", description=__doc__)
+    parser = _Parser(prog="sqair-pyro", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
@@ -374,12 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--train-size", type=_non_negative, help="sequences (60000; video: 3150)")
     p.add_argument("--test-size", type=_non_negative, help="sequences (10000; video: 350)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--frames", type=_positive, help="frames per sequence (10; video: 5)")
     p.add_argument("--mnist-dir", type=Path, help="directory with the four MNIST IDX files")
     p.add_argument("--min-digits", type=_non_negative, help="fewest digits (0)")
     p.add_argument("--max-digits", type=_non_negative, help="most digits (2)")
-    p.add_argument("--canvas", type=_positive, nargs=2, metavar=("H", "W"), help="(50 50)")
+    p.add_argument("--canvas", type=_side, nargs=2, metavar=("H", "W"), help="(50 50)")
     p.add_argument("--max-speed", type=_non_negative_float, help="pixels per frame per axis (10)")
     p.add_argument("--max-acceleration", type=_non_negative_float, help="pixels/frame^2 (3)")
     p.add_argument("--acceleration-noise", type=_non_negative_float, help="its std (0.01)")
@@ -389,12 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a static-camera video OpenCV reads (or a folder of frames): background "
         "subtraction, crops and proxy ground truth (sqair_pyro.data.video)",
     )
-    p.add_argument("--resize", type=_positive, nargs=2, metavar=("H", "W"), help="(240 320)")
+    p.add_argument("--resize", type=_side, nargs=2, metavar=("H", "W"), help="(240 320)")
     p.add_argument("--crop", type=_positive, help="crop side in pixels (64)")
     p.add_argument("--max-objects", type=_positive, help="per frame of a sequence (3)")
     p.add_argument("--min-area", type=_positive, help="pixels of a proxy object (40)")
     p.add_argument("--every", type=_positive, help="keep every n-th frame (1)")
-    p.set_defaults(func=cmd_make_data)
+    p.set_defaults(func=cmd_make_data, out_kind="dir")
 
     p = sub.add_parser(
         "futures", help="imagined futures of several models side by side (paper App. G)"
@@ -405,8 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, required=True, help="figure (.png)")
     p.add_argument("--sequences", type=_positive, default=3)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_futures)
+    p.add_argument("--seed", type=_seed, default=0)
+    p.set_defaults(func=cmd_futures, out_kind="file")
 
     p = sub.add_parser(
         "track",
@@ -416,14 +479,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", type=Path, required=True, help="a video file or folder of frames")
     p.add_argument("--out", type=Path, required=True, help="directory for tracks.txt, tracks.gif")
     p.add_argument(
-        "--resize", type=_positive, nargs=2, default=[240, 320], metavar=("H", "W"),
+        "--resize", type=_side, nargs=2, default=[240, 320], metavar=("H", "W"),
         help="as the model's training data were made (make-data --video)",
     )  # fmt: skip
     p.add_argument("--every", type=_positive, default=1, help="keep every n-th frame")
     p.add_argument("--max-frames", type=_positive, help="only the first frames")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--threads", type=_non_negative, default=0, help="torch threads (0: default)")
-    p.set_defaults(func=cmd_track)
+    p.set_defaults(func=cmd_track, out_kind="dir")
 
     p = sub.add_parser(
         "import-frames",
@@ -432,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", type=Path, help="a video OpenCV reads, or a folder of images")
     p.add_argument("--out", type=Path, required=True, help="data file to write (.npz)")
     p.add_argument(
-        "--size", type=_positive, nargs=2, default=[50, 50], metavar=("H", "W"), help="resize to"
+        "--size", type=_side, nargs=2, default=[50, 50], metavar=("H", "W"), help="resize to"
     )
     p.add_argument("--colour", action="store_true", help="keep colour (default: grey)")
     p.add_argument("--length", type=_positive, default=10, help="frames per sequence (T)")
@@ -441,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--every", type=_positive, default=1, help="keep every n-th frame")
     p.add_argument("--max-sequences", type=_positive, help="stop after this many sequences")
-    p.set_defaults(func=cmd_import_frames)
+    p.set_defaults(func=cmd_import_frames, out_kind="file")
 
     p = sub.add_parser("train", help="train a model with SVI")
     p.add_argument(
@@ -461,14 +524,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads", type=_non_negative, default=0, help="torch threads (0: torch's default)"
     )
-    p.add_argument("--steps", type=int)
-    p.add_argument("--objective", choices=["vimco", "reinforce", "tracegraph"])
+    p.add_argument("--steps", type=_positive, help="train to this step (total)")
+    p.add_argument("--objective", choices=CHOICES["objective"])
     p.add_argument("--optimizer", choices=["adam", "rmsprop"])
     p.add_argument("--lr", type=float)
     p.add_argument("--clip-norm", type=float)
     p.add_argument("--particles", dest="num_particles", type=int, help="K per datum")
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=_seed)
     p.add_argument(
         "--set",
         type=_parse_override,
@@ -484,12 +547,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODULE",
         help="a module (name or .py file) that registers components of your own",
     )
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, out_kind="dir")
 
     p = sub.add_parser("demo", help="the main job: data, model, figures")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--mnist-dir", type=Path)
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_demo, out_kind="dir")
 
     p = sub.add_parser(
         "evaluate",
@@ -504,16 +567,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", type=Path, required=True, help="data file (.npz), or a directory: its test.npz"
     )
     p.add_argument("--out", type=Path, required=True, help="where to write the JSON report")
-    p.add_argument("--particles", type=int, default=1000, help="K of the IWAE bound (paper: 1000)")
-    p.add_argument("--sequences", type=int, help="evaluate the first N sequences (default: all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=10, help="sequences per batch")
-    p.add_argument("--chunk-size", type=int, default=100, help="particles drawn at once")
+    p.add_argument(
+        "--particles", type=_positive, default=1000, help="K of the IWAE bound (paper: 1000)"
+    )
+    p.add_argument(
+        "--sequences", type=_positive, help="evaluate the first N sequences (default: all)"
+    )
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--batch-size", type=_positive, default=10, help="sequences per batch")
+    p.add_argument("--chunk-size", type=_positive, default=100, help="particles drawn at once")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument(
         "--threads", type=_non_negative, default=0, help="torch threads (0: torch's default)"
     )
-    p.add_argument("--iou-threshold", type=float, default=0.5, help="IoU of a match (MOTA, IDF1)")
+    p.add_argument(
+        "--iou-threshold", type=_unit_interval, default=0.5, help="IoU of a match (MOTA, IDF1)"
+    )
     p.add_argument(
         "--boxes",
         choices=["content", "window"],
@@ -521,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="predicted boxes: the z_where glimpse windows, or tight around each object's "
         "drawn pixels",
     )
-    p.set_defaults(func=cmd_evaluate)
+    p.set_defaults(func=cmd_evaluate, out_kind="file")
 
     p = sub.add_parser(
         "compare",
@@ -540,8 +609,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", type=Path, required=True, help="data file (.npz), or a directory: its test.npz"
     )
     p.add_argument("--out", type=Path, required=True, help="directory for the figures")
-    p.add_argument("--sequences", type=int, default=4, help="sequences (and prior samples) shown")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--sequences", type=_positive, default=4, help="sequences (and prior samples) shown"
+    )
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument(
         "--run", type=Path, help="run directory with metrics.csv (default: the checkpoint's)"
     )
@@ -549,28 +620,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads", type=_non_negative, default=0, help="torch threads (0: torch's default)"
     )
-    p.set_defaults(func=cmd_show)
+    p.set_defaults(func=cmd_show, out_kind="dir")
 
     p = sub.add_parser(
         "addition", help="the paper's addition probe: digit sums from the latents (App. D.4)"
     )
     p.add_argument("--checkpoint", type=Path, help="default: the best shipped pretrained model")
     p.add_argument("--data", type=Path, required=True, help="directory with train.npz and test.npz")
-    p.add_argument("--train-sequences", type=int, default=2000, help="first N of train.npz")
-    p.add_argument("--test-sequences", type=int, default=500, help="first N of test.npz")
-    p.add_argument("--epochs", type=int, default=20, help="classifier epochs")
+    p.add_argument("--train-sequences", type=_positive, default=2000, help="first N of train.npz")
+    p.add_argument("--test-sequences", type=_positive, default=500, help="first N of test.npz")
+    p.add_argument("--epochs", type=_positive, default=20, help="classifier epochs")
     p.add_argument(
         "--features",
         choices=["sample", "mean"],
         default="sample",
         help="z_what drawn (the paper's probe) or at its posterior mean",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", type=Path, help="also write the report as JSON")
     p.add_argument(
         "--threads", type=_non_negative, default=0, help="torch threads (0: torch's default)"
     )
-    p.set_defaults(func=cmd_addition)
+    p.set_defaults(func=cmd_addition, out_kind="file")
 
     p = sub.add_parser(
         "forecast",
@@ -585,7 +656,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--observed", type=_positive, default=3, help="frames seen (paper: 3)")
     p.add_argument("--sequences", type=_positive, help="the first N sequences (default: all)")
     p.add_argument("--batch-size", type=_positive, default=50)
-    p.add_argument("--match-iou", type=float, default=0.5, help="IoU to match objects to digits")
+    p.add_argument(
+        "--match-iou", type=_unit_interval, default=0.5, help="IoU to match objects to digits"
+    )
     p.add_argument("--classifier", type=Path, help="digit classifier (default: the shipped one)")
     p.add_argument(
         "--latents",
@@ -593,11 +666,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="sample",
         help="draw the continuous latents (the paper's figures) or take their means",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument(
         "--threads", type=_non_negative, default=0, help="torch threads (0: torch's default)"
     )
-    p.set_defaults(func=cmd_forecast)
+    p.set_defaults(func=cmd_forecast, out_kind="file")
 
     p = sub.add_parser(
         "curves", help="validation bound and counting of several runs against CPU-hours"
@@ -612,20 +685,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, required=True, help="figure (.png)")
     p.add_argument("--title")
-    p.set_defaults(func=cmd_curves)
+    p.set_defaults(func=cmd_curves, out_kind="file")
 
     p = sub.add_parser(
         "train-digits", help="train the MNIST digit classifier that judges imagined glimpses"
     )
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--epochs", type=_positive, default=6)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--mnist-dir", type=Path, help="directory with the four MNIST IDX files")
     p.add_argument(
         "--threads", type=_non_negative, default=0, help="torch threads (0: torch's default)"
     )
-    p.set_defaults(func=cmd_train_digits)
+    p.set_defaults(func=cmd_train_digits, out_kind="file")
     return parser
+
+
+def _one_line(error: BaseException) -> str:
+    """An error as one line: the file and the system's words for an OS error (not its errno)."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    if isinstance(error, MemoryError):
+        return f"out of memory: {error}"
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -636,19 +719,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if hasattr(args, "device"):
             check_device(args.device)
+        check_output(args)
         if getattr(args, "threads", 0):
             import torch
 
             torch.set_num_threads(args.threads)
         args.func(args)
-    except (
-        FileNotFoundError,
-        FileExistsError,
-        ValueError,
-        CheckpointError,
-        TrainingDivergedError,
-    ) as error:
-        print(f"sqair-pyro {args.command}: error: {error}", file=sys.stderr)
+    except (OSError, ValueError, MemoryError, CheckpointError, TrainingDivergedError) as error:
+        print(f"sqair-pyro {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 1
     except TrainingInterruptedError as stopped:
         print(f"sqair-pyro {args.command}: {stopped}", file=sys.stderr)

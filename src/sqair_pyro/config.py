@@ -30,7 +30,7 @@ POSITIVE = (
 OPEN_INTERVALS = {"geometric_rho": (0, 1), "categorical_init_rho": (0, 1)}
 #: Fields with a fixed set of values.
 CHOICES = {
-    "objective": ("vimco", "reinforce", "tracegraph"),
+    "objective": ("vimco", "vimco-dreg", "reinforce", "tracegraph"),
     "optimizer": ("adam", "rmsprop"),
     "clip": ("global", "group"),
 }
@@ -97,7 +97,9 @@ class Config:
     # authors' original implementation.
     what_scale_offset: float = 0.0
     # Training.
-    objective: str = "vimco"  # "vimco", "reinforce" or "tracegraph"
+    # "vimco", "vimco-dreg" (its reparameterised sites with doubly reparameterised
+    # gradients), "reinforce" or "tracegraph"
+    objective: str = "vimco"
     num_particles: int = 5
     batch_size: int = 32
     optimizer: str = "adam"  # "adam" or "rmsprop" (momentum 0.9, as in the paper)
@@ -143,8 +145,9 @@ class Config:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if not _has_type(value, str(f.type)):
+                kind = "two positive integers" if str(f.type).startswith("tuple[int") else f.type
                 raise ValueError(
-                    f"config {f.name} must be {f.type}, got {value!r} ({type(value).__name__})"
+                    f"config {f.name} must be {kind}, got {value!r} ({type(value).__name__})"
                 )
         for key in ("image_size", "glimpse_size"):  # lists from JSON or --set
             object.__setattr__(self, key, tuple(getattr(self, key)))

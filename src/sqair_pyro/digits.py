@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from sqair_pyro.checkpoint import CheckpointError, save_atomic
+from sqair_pyro.checkpoint import CheckpointError, load_torch_file, save_atomic
 
 #: Side of the classifier's square input, in pixels (the glimpse size of every MNIST model).
 GLIMPSE = 20
@@ -181,13 +181,7 @@ def load_classifier(path: str | os.PathLike | None = None) -> tuple[DigitClassif
         from sqair_pyro.pretrained import digit_classifier_path
 
         path = digit_classifier_path()
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"digit classifier not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise CheckpointError(f"cannot read digit classifier {path}: {error}") from error
+    payload = load_torch_file(path, "digit classifier")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a sqair-pyro digit classifier")
     classifier = DigitClassifier()

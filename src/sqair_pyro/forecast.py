@@ -200,7 +200,10 @@ def _check_arrays(
         )
     num_frames = arrays["images"].shape[1]
     if not 0 < num_observed < num_frames:
-        raise ValueError(f"observed frames must be in 1..{num_frames - 1}, got {num_observed}")
+        raise ValueError(
+            f"the model sees {num_observed} frame(s) and imagines the rest, so the sequences "
+            f"need more than {num_observed} frames; these have {num_frames}"
+        )
     return digits
 
 

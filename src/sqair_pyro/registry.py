@@ -91,7 +91,10 @@ def component(kind: str, value: str | Mapping[str, Any]) -> Callable[..., Any]:
 
 def import_module(target: str) -> None:
     """Import a module that registers components: a module name (``my_lab.priors``) or the
-    path of a ``.py`` file."""
+    path of a ``.py`` file. Whatever goes wrong in it (not found, a syntax error, an exception,
+    even ``sys.exit``) is one ``ValueError`` naming the module."""
+    if not target.strip():
+        raise ValueError("--import / imports needs a module name or the path of a .py file")
     if target.endswith(".py"):
         path = Path(target)
         if not path.is_file():
@@ -103,11 +106,21 @@ def import_module(target: str) -> None:
         sys.modules[module_name] = module
         try:
             module_spec.loader.exec_module(module)
-        except Exception as error:  # the user's code: any error, said in one line
+        except (Exception, SystemExit) as error:  # the user's code: any error, in one line
             del sys.modules[module_name]
-            raise ValueError(f"cannot import component module {path}: {error!r}") from error
+            raise ValueError(f"cannot import component module {path}: {_said(error)}") from error
         return
+    if target.startswith("."):
+        raise ValueError(f"cannot import component module {target!r}: give its full name")
     try:
         importlib.import_module(target)
-    except ModuleNotFoundError as error:
-        raise ValueError(f"cannot import component module {target!r}: {error}") from error
+    except (Exception, SystemExit) as error:
+        raise ValueError(f"cannot import component module {target!r}: {_said(error)}") from error
+
+
+def _said(error: BaseException) -> str:
+    """An exception raised while importing a user's module, in one line."""
+    if isinstance(error, SystemExit):
+        return f"it called sys.exit({error.code!r})"
+    first = str(error).strip().split("\n")[0]
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__

@@ -280,11 +280,14 @@ def read_metrics(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[s
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"metrics file not found: {path}")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        rows = list(reader)
-        if "step" not in (reader.fieldnames or []):
-            raise ValueError(f"{path} is not a training metrics file (no 'step' column)")
+    try:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise ValueError(f"{path} is not a training metrics file (not CSV text: {error})") from None
+    if "step" not in (reader.fieldnames or []):
+        raise ValueError(f"{path} is not a training metrics file (no 'step' column)")
 
     def number(text: str | None) -> float:
         try:

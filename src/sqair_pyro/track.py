@@ -144,7 +144,9 @@ def track_video(
         raise ValueError(f"{checkpoint}: {model_config.model_name} has no objects to track")
     height, width = model_config.image_size
     num_frames = model_config.num_frames
-    frames = read_frames(video, config.resize, grey=False, every=config.every)[:max_frames]
+    frames = read_frames(
+        video, config.resize, grey=False, every=config.every, max_frames=max_frames
+    )
     if len(frames) < num_frames:
         raise ValueError(f"{video}: {len(frames)} frames, fewer than the model's {num_frames}")
     images, _ = foreground(frames, config)

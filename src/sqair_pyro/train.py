@@ -72,13 +72,15 @@ class TrainingDivergedError(RuntimeError):
 
 
 def make_objective(config: Config) -> pyro.infer.ELBO:
-    """The ELBO named by ``config.objective`` (``vimco``, ``reinforce`` or ``tracegraph``)."""
-    if config.objective in ("vimco", "reinforce"):
+    """The ELBO named by ``config.objective`` (``vimco``, ``vimco-dreg``, ``reinforce`` or
+    ``tracegraph``)."""
+    if config.objective in ("vimco", "vimco-dreg", "reinforce"):
         return VIMCO_ELBO(
             num_particles=config.num_particles,
             max_plate_nesting=1,
             vectorize_particles=True,
-            control_variate=config.objective == "vimco",
+            control_variate=config.objective != "reinforce",
+            doubly_reparameterized=config.objective == "vimco-dreg",
         )
     if config.objective == "tracegraph":
         return TraceGraph_ELBO(num_particles=1, max_plate_nesting=1)

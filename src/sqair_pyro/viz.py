@@ -504,7 +504,10 @@ def plot_runs(
     right.set_title("counting on training batches (running mean of 20 logs)", fontsize=9)
     for ax in (left, right):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "nothing logged yet", ha="center", transform=ax.transAxes)
     if title:
         fig.suptitle(title, fontsize=9)
     _tight_below_title(fig, 0.3 if title else 0.0)

@@ -38,6 +38,7 @@ import numpy as np
 
 __all__ = [
     "available",
+    "file_kind",
     "load_npz",
     "metadata_array",
     "normalise_arrays",
@@ -211,7 +212,7 @@ _MAGIC = (
 )
 
 
-def _file_kind(head: bytes) -> str:
+def file_kind(head: bytes) -> str:
     """What a file that is not an .npz archive looks like, from its first bytes."""
     for magic, kind in _MAGIC:
         if head.startswith(magic):
@@ -251,11 +252,13 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         hint = " (turn videos and image folders into one with `sqair-pyro import-frames`)"
         raise ValueError(
             f"{path} is not a data file: expected a .npz archive of arrays, found "
-            f"{_file_kind(head)}{hint}"
+            f"{file_kind(head)}{hint}"
         )
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as err:
         raise ValueError(f"{path}: not a readable .npz data file ({err})") from err
+    except MemoryError as err:  # a header claiming an impossible shape, or a huge file
+        raise ValueError(f"{path}: an array is too large to load ({err})") from None
     return normalise_arrays(arrays, source=path)

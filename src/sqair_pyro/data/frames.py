@@ -3,7 +3,9 @@ truth, cut into sequences (:mod:`sqair_pyro.data.format`)."""
 
 from __future__ import annotations
 
+import itertools
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +16,10 @@ from tqdm.auto import tqdm
 from .format import metadata_array, save_npz
 
 __all__ = ["IMAGE_SUFFIXES", "frame_size", "import_frames", "read_frames", "to_sequences"]
+
+# FFmpeg's own decoder messages (a damaged or truncated file) would flood the terminal; a video
+# that ends early is reported below in one line instead.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 #: Image files a folder of frames may hold (read in name order; other files are ignored).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
@@ -64,12 +70,32 @@ def frame_size(source: str | os.PathLike) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
+def _check_fits_in_memory(frames: int | None, frame_bytes: int, source: Path) -> None:
+    """One clear error, before reading, for frames that would take more than the free memory."""
+    try:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not POSIX: let the reading find out
+        return
+    needed = (frames or 1) * frame_bytes
+    if needed > free:
+        raise ValueError(
+            f"{source}: {frames or 'its'} frames at this size need {needed / 2**30:.1f} GiB, "
+            f"more than the {free / 2**30:.1f} GiB of free memory; choose a smaller size, a "
+            "larger --every or fewer frames"
+        )
+
+
 def read_frames(
-    source: str | os.PathLike, size: tuple[int, int], grey: bool = True, every: int = 1
+    source: str | os.PathLike,
+    size: tuple[int, int],
+    grey: bool = True,
+    every: int = 1,
+    max_frames: int | None = None,
 ) -> np.ndarray:
     """Every ``every``-th frame of a video file or of a folder of images (name order), resized
     to ``size = (height, width)`` (area interpolation), as uint8 ``[F, H, W]`` (grey) or
-    ``[F, H, W, 3]`` (RGB)."""
+    ``[F, H, W, 3]`` (RGB); at most ``max_frames`` of them. Frames that would not fit in the
+    machine's free memory are refused before any is read."""
     source = Path(source)
     height, width = size
     if min(height, width) < 1 or every < 1:
@@ -85,6 +111,10 @@ def read_frames(
         total = -(-count // every) if count > 0 else None
     else:
         raise FileNotFoundError(f"no video file or folder of images at {source}")
+    if max_frames is not None:
+        frames = itertools.islice(frames, max_frames)
+        total = max_frames if total is None else min(total, max_frames)
+    _check_fits_in_memory(total, height * width * (1 if grey else 3), source)
     out = []
     for frame in tqdm(frames, total=total, desc="frames", unit="frame", leave=False):
         frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
@@ -92,6 +122,12 @@ def read_frames(
         out.append(cv2.cvtColor(frame, code))
     if not out:
         raise ValueError(f"{source}: no frames could be read")
+    if total is not None and len(out) < total - 1:  # containers may miscount by one
+        print(
+            f"note: {source} should hold {total} frames here but only {len(out)} could be read "
+            "(truncated or damaged?); using those",
+            file=sys.stderr,
+        )
     return np.stack(out)
 
 
@@ -121,7 +157,8 @@ def import_frames(
     ``stride`` (default ``length``: no overlap), at most ``max_sequences``; ``metadata``
     records the source and these settings."""
     stride = length if stride is None else stride
-    frames = read_frames(source, size, grey, every)
+    needed = None if max_sequences is None else (max_sequences - 1) * stride + length
+    frames = read_frames(source, size, grey, every, max_frames=needed)
     images = to_sequences(frames, length, stride)
     if max_sequences is not None:
         images = images[:max_sequences]

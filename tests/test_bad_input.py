@@ -1,0 +1,164 @@
+"""The table of bad input, one row per case, over every command: each is refused before any
+work with exit status 1 (2 for argparse), one line on stderr that names the problem, and no
+traceback. A new command adds its rows here."""
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sqair_pyro.cli import main
+
+
+@pytest.fixture(scope="module")
+def files(tiny_data, tmp_path_factory):
+    """A small checkpoint and the wrong files people pass, by name."""
+    from conftest import small_config
+
+    from sqair_pyro.checkpoint import read_checkpoint
+    from sqair_pyro.train import train
+
+    root = tmp_path_factory.mktemp("bad_input")
+    train(small_config("mlp-air", num_steps=1), tiny_data, root / "run", progress=False)
+    ckpt = root / "run" / "last.pt"
+    payload = read_checkpoint(ckpt)
+    paths = {"data": tiny_data, "test": tiny_data / "test.npz", "ckpt": ckpt, "root": root}
+
+    def write(name: str, content: bytes | str) -> None:
+        paths[name] = root / name
+        data = content.encode() if isinstance(content, str) else content
+        paths[name].write_bytes(data)
+
+    def checkpoint(name: str, **changes) -> None:
+        broken = {k: v for k, v in payload.items() if k != "checksum"}
+        for key, value in changes.items():
+            if value is None:
+                broken.pop(key)
+            else:
+                broken[key] = value
+        paths[name] = root / name
+        torch.save(broken, paths[name])
+
+    write("text.pt", "hello\n")
+    write("empty.pt", b"")
+    write("a_file", "x")
+    write("bad_syntax.py", "def (:\n")
+    write("raises.py", "raise RuntimeError('boom')\n")
+    write("exits.py", "import sys\nsys.exit(3)\n")
+    write("header_only.csv", "step,time_s,bound,val\n")
+    write("list.json", "[1, 2]")
+    checkpoint("config_str.pt", config="hello")
+    checkpoint("no_model.pt", model=None)
+    wider = {**payload["config"], "model": {**payload["config"]["model"], "hidden": 48}}
+    checkpoint("mismatch.pt", config=wider)
+    buffer = io.BytesIO()  # an .npz whose header claims an array of 36 TiB
+    np.save(buffer, np.zeros((2, 2), np.float32))
+    header = buffer.getvalue().replace(b"(2, 2)", b"(99999999, 99999)")
+    paths["huge.npz"] = root / "huge.npz"
+    with zipfile.ZipFile(paths["huge.npz"], "w") as archive:
+        archive.writestr("images.npy", header)
+    (root / "empty_dir").mkdir()
+    paths["empty_dir"] = root / "empty_dir"
+    return paths
+
+
+def _ev(p: dict, checkpoint: str = "ckpt", data: str = "test", out: str = "r.json") -> list[str]:
+    out_path = p[out] if out in p else p["root"] / out
+    return ["evaluate", "--checkpoint", str(p[checkpoint]), "--data", str(p[data]), "--out",
+            str(out_path), "--particles", "1"]  # fmt: skip
+
+
+def _train(p: dict, *extra: str) -> list[str]:
+    return ["train", "--preset", "mlp-air", "--data", str(p["data"]), "--out",
+            str(p["root"] / "r2"), *extra]  # fmt: skip
+
+
+#: (case, argv from the fixture's paths, words of the one line, exit status)
+CASES = [
+    # Where the output goes: refused before any work.
+    ("make-data into a file", lambda p: ["make-data", "--out", str(p["a_file"])],
+     "is a file; the output here is a folder", 1),
+    ("make-data under a file", lambda p: ["make-data", "--out", str(p["a_file"] / "sub")],
+     "is a file, not a folder", 1),
+    ("evaluate --out a folder", lambda p: _ev(p, out="empty_dir"), "is a folder", 1),
+    ("evaluate --out under a file", lambda p: _ev(p, out="a_file/r.json"), "not a folder", 1),
+    ("train --out a file", lambda p: _train(p, "--out", str(p["a_file"])), "is a file", 1),
+    ("addition --out under a file", lambda p: ["addition", "--checkpoint", str(p["ckpt"]),
+     "--data", str(p["data"]), "--out", str(p["a_file"] / "x.json")], "not a folder", 1),
+    ("curves --out a folder", lambda p: ["curves", str(p["ckpt"].parent), "--out",
+     str(p["empty_dir"])], "is a folder", 1),
+    ("forecast --out a .png", lambda p: ["forecast", "--data", str(p["test"]), "--out",
+     str(p["root"] / "f.png")], "is the JSON report", 1),
+    # Checkpoints that are not ours, or damaged.
+    ("text file", lambda p: _ev(p, "text.pt"), "found text, not a file written by torch.save", 1),
+    ("empty file", lambda p: _ev(p, "empty.pt"), "found an empty file", 1),
+    ("data file", lambda p: _ev(p, "test"), "zip archive without torch's data.pkl", 1),
+    ("config a string", lambda p: _ev(p, "config_str.pt"), "its 'config' is a str", 1),
+    ("no model weights", lambda p: _ev(p, "no_model.pt"), "it has no 'model'", 1),
+    ("weights of another size", lambda p: _ev(p, "mismatch.pt"),
+     "does not match its config: model weights", 1),
+    ("classifier is text", lambda p: ["forecast", "--data", str(p["test"]), "--out",
+     str(p["root"] / "f.json"), "--classifier", str(p["text.pt"])], "not a digit classifier", 1),
+    # Data and other inputs.
+    ("npz claiming 36 TiB", lambda p: _ev(p, data="huge.npz"), "too large to load", 1),
+    ("curves of a header only", lambda p: ["curves", str(p["header_only.csv"]), "--out",
+     str(p["root"] / "c.png")], "holds no logged bound", 1),
+    ("curves of a data file", lambda p: ["curves", str(p["test"]), "--out",
+     str(p["root"] / "c.png")], "is not a training metrics file", 1),
+    ("compare a JSON list", lambda p: ["compare", str(p["list.json"])],
+     "is not a sqair-pyro evaluation or addition report", 1),
+    ("show --run without metrics", lambda p: ["show", "--checkpoint", str(p["ckpt"]), "--data",
+     str(p["test"]), "--out", str(p["root"] / "sh"), "--run", str(p["empty_dir"])],
+     "no metrics.csv there", 1),
+    ("make-data of nothing", lambda p: ["make-data", "--out", str(p["root"] / "d0"),
+     "--train-size", "0", "--test-size", "0"], "nothing to make", 1),
+    ("MNIST folder is a file", lambda p: ["make-data", "--out", str(p["root"] / "d0"),
+     "--mnist-dir", str(p["a_file"])], "is a file, not a folder", 1),
+    # Component modules of one's own.
+    ("--import with a syntax error", lambda p: _train(p, "--import", str(p["bad_syntax.py"])),
+     "SyntaxError", 1),
+    ("--import that raises", lambda p: _train(p, "--import", str(p["raises.py"])),
+     "RuntimeError: boom", 1),
+    ("--import that exits", lambda p: _train(p, "--import", str(p["exits.py"])),
+     "it called sys.exit(3)", 1),
+    ("--import relative", lambda p: _train(p, "--import", ".relative"), "give its full name", 1),
+    ("--import empty", lambda p: _train(p, "--import", ""), "needs a module name", 1),
+    # Ranges argparse checks (exit status 2).
+    ("train --steps 0", lambda p: _train(p, "--steps", "0"), "must be a positive integer", 2),
+    ("seed too large", lambda p: _train(p, "--seed", "99999999999999999999"), "must be 0 to", 2),
+    ("negative seed", lambda p: ["make-data", "--out", "x", "--seed", "-5"], "--seed", 2),
+    ("IoU threshold -1", lambda p: [*_ev(p), "--iou-threshold", "-1"], "must be in (0, 1]", 2),
+    ("match IoU nan", lambda p: ["forecast", "--data", str(p["test"]), "--out", "f.json",
+     "--match-iou", "nan"], "must be in (0, 1]", 2),
+    ("frames of 100000 pixels", lambda p: ["import-frames", str(p["a_file"]), "--out", "f.npz",
+     "--size", "100000", "100000"], "must be a positive integer up to 8192", 2),
+    ("curves hours -5", lambda p: ["curves", f"{p['ckpt'].parent}:-5", "--out", "c.png"],
+     "finite number >= 0", 2),
+    ("evaluate --particles 0", lambda p: [*_ev(p), "--particles", "0"],
+     "must be a positive integer", 2),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "argv", "words", "status"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_clear_line(files, capsys, case, argv, words, status):
+    try:
+        code = main(argv(files))
+    except SystemExit as stopped:  # argparse
+        code = stopped.code
+    err = capsys.readouterr().err
+    assert code == status, err
+    assert words in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_an_unwritable_folder_is_refused_before_the_work(tiny_data, capsys):
+    """A place no one may write (/sys is read-only): refused at the start, one line."""
+    if not Path("/sys/kernel").is_dir():
+        pytest.skip("no /sys here")
+    args = ["evaluate", "--data", str(tiny_data / "test.npz"), "--out", "/sys/kernel/r.json"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "cannot write in /sys/kernel" in err and len(err.strip().splitlines()) == 1
