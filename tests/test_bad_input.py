@@ -54,6 +54,9 @@ def files(tiny_data, tmp_path_factory):
     checkpoint("no_model.pt", model=None)
     wider = {**payload["config"], "model": {**payload["config"]["model"], "hidden": 48}}
     checkpoint("mismatch.pt", config=wider)
+    checkpoint("weights_only.pt", optimizer=None)
+    (root / "weights_run").mkdir()
+    (root / "weights_run" / "last.pt").write_bytes(paths["weights_only.pt"].read_bytes())
     buffer = io.BytesIO()  # an .npz whose header claims an array of 36 TiB
     np.save(buffer, np.zeros((2, 2), np.float32))
     header = buffer.getvalue().replace(b"(2, 2)", b"(99999999, 99999)")
@@ -90,6 +93,15 @@ CASES = [
      "--data", str(p["data"]), "--out", str(p["a_file"] / "x.json")], "not a folder", 1),
     ("curves --out a folder", lambda p: ["curves", str(p["ckpt"].parent), "--out",
      str(p["empty_dir"])], "is a folder", 1),
+    ("futures --out a folder", lambda p: ["futures", "--checkpoint", str(p["ckpt"]), "--data",
+     str(p["test"]), "--out", str(p["empty_dir"])], "is a folder", 1),
+    ("track --out a file", lambda p: ["track", "--checkpoint", str(p["ckpt"]), "--video",
+     str(p["a_file"]), "--out", str(p["a_file"])], "is a file", 1),
+    ("demo --out a file", lambda p: ["demo", "--out", str(p["a_file"])], "is a file", 1),
+    ("train-digits --out a folder", lambda p: ["train-digits", "--out", str(p["empty_dir"])],
+     "is a folder", 1),
+    ("import-frames --out a folder", lambda p: ["import-frames", str(p["a_file"]), "--out",
+     str(p["empty_dir"])], "is a folder", 1),
     ("forecast --out a .png", lambda p: ["forecast", "--data", str(p["test"]), "--out",
      str(p["root"] / "f.png")], "is the JSON report", 1),
     # Checkpoints that are not ours, or damaged.
@@ -100,6 +112,8 @@ CASES = [
     ("no model weights", lambda p: _ev(p, "no_model.pt"), "it has no 'model'", 1),
     ("weights of another size", lambda p: _ev(p, "mismatch.pt"),
      "does not match its config: model weights", 1),
+    ("resume from weights only", lambda p: ["train", "--resume", "--data", str(p["data"]),
+     "--out", str(p["root"] / "weights_run")], "holds weights, not a resumable state", 1),
     ("classifier is text", lambda p: ["forecast", "--data", str(p["test"]), "--out",
      str(p["root"] / "f.json"), "--classifier", str(p["text.pt"])], "not a digit classifier", 1),
     # Data and other inputs.

@@ -186,7 +186,7 @@ def test_frames_beyond_the_free_memory_are_refused_before_reading(png_folder, mo
     """The frames' bytes are checked against the free memory before any frame is read."""
     from sqair_pyro.data import frames
 
-    monkeypatch.setattr(frames.os, "sysconf", lambda name: 1000)  # 1000 pages of 1000 bytes
+    monkeypatch.setattr(frames, "free_memory", lambda: 10**6)
     with pytest.raises(ValueError, match=r"need .* GiB, more than the 0\.0 GiB of free memory"):
         frames.read_frames(png_folder, (1000, 1000))
     assert frames.read_frames(png_folder, (10, 10)).shape[1:] == (10, 10)

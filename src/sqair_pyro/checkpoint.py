@@ -17,6 +17,7 @@ from torch import nn
 from sqair_pyro.build import build
 from sqair_pyro.config import Config
 from sqair_pyro.data.format import file_kind
+from sqair_pyro.errors import one_line
 
 FORMAT = "sqair-pyro-checkpoint"
 VERSION = 1
@@ -105,8 +106,9 @@ def with_checksum(payload: dict[str, Any]) -> dict[str, Any]:
     return {**payload, "checksum": checksum(payload)}
 
 
-#: The first bytes of torch's older (non-zip) format: a pickled magic number.
-LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8"
+#: torch's older (non-zip) format starts with a pickled magic number: these bytes, after the
+#: pickle header of whichever protocol wrote it.
+LEGACY_MAGIC = b"\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8"
 
 
 def load_torch_file(
@@ -121,7 +123,7 @@ def load_torch_file(
     if not path.is_file():
         raise CheckpointError(f"{what} not found: {path}")
     with path.open("rb") as f:
-        head = f.read(12)
+        head = f.read(32)
     if head.startswith(b"PK"):  # torch's zip format: one folder holding data.pkl
         try:
             with zipfile.ZipFile(path) as archive:
@@ -133,7 +135,7 @@ def load_torch_file(
                 f"{path} is not a {what}: a zip archive without torch's data.pkl (a .npz data "
                 "file?)"
             )
-    elif not head.startswith(LEGACY_MAGIC):
+    elif not (head.startswith(b"\x80") and LEGACY_MAGIC in head):
         raise CheckpointError(
             f"{path} is not a {what}: found {file_kind(head)}, not a file written by torch.save"
         )
@@ -148,8 +150,7 @@ def load_torch_file(
             "data, and loading those could run code; refused"
         ) from error
     except Exception as error:  # torch raises many kinds for a damaged file
-        first_line = str(error).strip().split("\n")[0] or type(error).__name__
-        raise CheckpointError(f"cannot read {what} {path}: {first_line}") from error
+        raise CheckpointError(f"cannot read {what} {path}: {one_line(error)}") from error
 
 
 #: What every checkpoint holds besides its format, version and checksum.
@@ -202,6 +203,20 @@ def state_mismatch(module: nn.Module, state: dict[str, Any]) -> str | None:
     return "weights " + ", ".join(parts)
 
 
+def load_weights(path: str | os.PathLike, name: str, module: nn.Module, state: Any) -> None:
+    """Load the ``name`` weights of checkpoint ``path`` into ``module``, or say in one line
+    why they do not fit it."""
+    problem = state_mismatch(module, state)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {path} does not match its config: {name} {problem}")
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as error:
+        raise CheckpointError(
+            f"checkpoint {path}: cannot load its {name}: {one_line(error)}"
+        ) from error
+
+
 def load_checkpoint(
     path: str | os.PathLike, map_location: str = "cpu"
 ) -> tuple[Config, nn.Module, nn.Module, dict[str, Any]]:
@@ -210,11 +225,8 @@ def load_checkpoint(
     try:
         config = Config.from_dict(payload["config"])
         model, guide = build(config)
-    except (KeyError, ValueError, TypeError) as error:
+    except (KeyError, ValueError, TypeError, AttributeError) as error:
         raise CheckpointError(f"checkpoint {path} holds an invalid config: {error}") from error
-    for name, module in (("model", model), ("guide", guide)):
-        problem = state_mismatch(module, payload[name])
-        if problem is not None:
-            raise CheckpointError(f"checkpoint {path} does not match its config: {name} {problem}")
-        module.load_state_dict(payload[name])
+    load_weights(path, "model", model, payload["model"])
+    load_weights(path, "guide", guide, payload["guide"])
     return config, model.to(map_location), guide.to(map_location), payload

@@ -526,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--steps", type=_positive, help="train to this step (total)")
     p.add_argument("--objective", choices=CHOICES["objective"])
-    p.add_argument("--optimizer", choices=["adam", "rmsprop"])
+    p.add_argument("--optimizer", choices=CHOICES["optimizer"])
     p.add_argument("--lr", type=float)
     p.add_argument("--clip-norm", type=float)
     p.add_argument("--particles", dest="num_particles", type=int, help="K per datum")
@@ -701,19 +701,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(error: BaseException) -> str:
-    """An error as one line: the file and the system's words for an OS error (not its errno)."""
-    if isinstance(error, OSError) and error.strerror:
-        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
-    if isinstance(error, MemoryError):
-        return f"out of memory: {error}"
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from sqair_pyro.checkpoint import CheckpointError
+    from sqair_pyro.errors import one_line
     from sqair_pyro.train import TrainingDivergedError, TrainingInterruptedError
 
     try:
@@ -726,7 +717,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         args.func(args)
     except (OSError, ValueError, MemoryError, CheckpointError, TrainingDivergedError) as error:
-        print(f"sqair-pyro {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        print(f"sqair-pyro {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 1
     except TrainingInterruptedError as stopped:
         print(f"sqair-pyro {args.command}: {stopped}", file=sys.stderr)

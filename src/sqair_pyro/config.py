@@ -30,7 +30,7 @@ POSITIVE = (
 OPEN_INTERVALS = {"geometric_rho": (0, 1), "categorical_init_rho": (0, 1)}
 #: Fields with a fixed set of values.
 CHOICES = {
-    "objective": ("vimco", "vimco-dreg", "reinforce", "tracegraph"),
+    "objective": ("vimco", "reinforce", "tracegraph"),
     "optimizer": ("adam", "rmsprop"),
     "clip": ("global", "group"),
 }
@@ -97,9 +97,7 @@ class Config:
     # authors' original implementation.
     what_scale_offset: float = 0.0
     # Training.
-    # "vimco", "vimco-dreg" (its reparameterised sites with doubly reparameterised
-    # gradients), "reinforce" or "tracegraph"
-    objective: str = "vimco"
+    objective: str = "vimco"  # "vimco", "reinforce" or "tracegraph"
     num_particles: int = 5
     batch_size: int = 32
     optimizer: str = "adam"  # "adam" or "rmsprop" (momentum 0.9, as in the paper)

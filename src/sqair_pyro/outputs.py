@@ -14,34 +14,38 @@ from pathlib import Path
 __all__ = ["output_dir", "output_file"]
 
 
-def _ensure_folder(folder: Path) -> None:
-    """Create ``folder`` (with its parents) and check that files can be written in it."""
-    for parent in (folder, *folder.parents):
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"cannot write under {folder}: {parent} is a file, not a folder")
+def _check_folder(folder: Path) -> None:
+    """That ``folder`` exists or can be created, and that files can be written in it: a
+    temporary file is made (and removed) in its nearest existing ancestor; nothing is created
+    before the command's work itself writes."""
+    for ancestor in (folder, *folder.parents):
+        if ancestor.exists():
             break
+    if not ancestor.is_dir():
+        raise ValueError(f"cannot write under {folder}: {ancestor} is a file, not a folder")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
+        with tempfile.TemporaryFile(dir=ancestor):
             pass
     except OSError as error:
-        raise ValueError(f"cannot write in {folder}: {error.strerror or error}") from None
+        raise ValueError(f"cannot write in {ancestor}: {error.strerror or error}") from None
 
 
 def output_dir(path: str | os.PathLike) -> Path:
-    """``path`` as a folder a command may write its files into (created if need be)."""
+    """``path`` as a folder a command may write its files into (created when it writes)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{path} is a file; the output here is a folder")
-    _ensure_folder(path)
+    _check_folder(path)
     return path
 
 
 def output_file(path: str | os.PathLike) -> Path:
-    """``path`` as a file a command may write (its folder created if need be)."""
+    """``path`` as a file a command may write: an existing file it may write over (even in a
+    folder it cannot write in, such as ``/dev/null``), or a new file in a writable folder."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a folder; the output here is a file (give its name)")
-    _ensure_folder(path.parent)
+    if path.exists() and os.access(path, os.W_OK):
+        return path
+    _check_folder(path.parent)
     return path

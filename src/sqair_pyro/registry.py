@@ -24,6 +24,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sqair_pyro.errors import one_line
+
 __all__ = ["KINDS", "component", "import_module", "names", "register", "spec"]
 
 #: What can be registered, and what a factory of each kind returns.
@@ -119,8 +121,7 @@ def import_module(target: str) -> None:
 
 
 def _said(error: BaseException) -> str:
-    """An exception raised while importing a user's module, in one line."""
+    """An error raised while importing a user's module, in one line."""
     if isinstance(error, SystemExit):
         return f"it called sys.exit({error.code!r})"
-    first = str(error).strip().split("\n")[0]
-    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+    return one_line(error, with_type=True)

@@ -26,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sqair_pyro.build import build
-from sqair_pyro.checkpoint import read_checkpoint, save_checkpoint
+from sqair_pyro.checkpoint import CheckpointError, load_weights, read_checkpoint, save_checkpoint
 from sqair_pyro.config import Config
 from sqair_pyro.data import available, check_frames, load_npz, split_file
 from sqair_pyro.distributed import (
@@ -67,20 +67,25 @@ RANK_SEED_STRIDE = 100_003
 MIN_SEQUENCES = 5
 
 
+#: What a resumable state holds besides the weights (``Trainer.state``).
+RESUME_STATE = (
+    "optimizer", "scheduler", "torch_rng", "batch_rng", "step", "best_validation",
+    "validations_without_improvement",
+)  # fmt: skip
+
+
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 def make_objective(config: Config) -> pyro.infer.ELBO:
-    """The ELBO named by ``config.objective`` (``vimco``, ``vimco-dreg``, ``reinforce`` or
-    ``tracegraph``)."""
-    if config.objective in ("vimco", "vimco-dreg", "reinforce"):
+    """The ELBO named by ``config.objective`` (``vimco``, ``reinforce`` or ``tracegraph``)."""
+    if config.objective in ("vimco", "reinforce"):
         return VIMCO_ELBO(
             num_particles=config.num_particles,
             max_plate_nesting=1,
             vectorize_particles=True,
-            control_variate=config.objective != "reinforce",
-            doubly_reparameterized=config.objective == "vimco-dreg",
+            control_variate=config.objective == "vimco",
         )
     if config.objective == "tracegraph":
         return TraceGraph_ELBO(num_particles=1, max_plate_nesting=1)
@@ -468,10 +473,19 @@ class Trainer:
                 f"{path} was trained with other settings ({', '.join(changed)}); "
                 "resume with the same settings or start a new --out"
             )
-        self.model.load_state_dict(payload["model"])
-        self.guide.load_state_dict(payload["guide"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.scheduler.load_state_dict(payload["scheduler"])
+        missing = [key for key in RESUME_STATE if key not in payload]
+        if missing:
+            raise CheckpointError(
+                f"{path} holds weights, not a resumable state (no {', '.join(missing)}); "
+                f"start a new run from it with --set init_from={path}"
+            )
+        load_weights(path, "model", self.model, payload["model"])
+        load_weights(path, "guide", self.guide, payload["guide"])
+        try:
+            self.optimizer.load_state_dict(payload["optimizer"])
+            self.scheduler.load_state_dict(payload["scheduler"])
+        except (ValueError, KeyError, RuntimeError) as error:
+            raise CheckpointError(f"{path}: its optimiser state does not fit: {error}") from None
         self.rollbacks = payload.get("rollbacks", 0)
         # A resume may change lr (RESUMABLE_CHANGES); each past rollback keeps its factor.
         self.use_base_lrs([rate * self.config.lr_decay**self.rollbacks for rate in self.base_lrs])

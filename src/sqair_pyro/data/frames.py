@@ -17,10 +17,6 @@ from .format import metadata_array, save_npz
 
 __all__ = ["IMAGE_SUFFIXES", "frame_size", "import_frames", "read_frames", "to_sequences"]
 
-# FFmpeg's own decoder messages (a damaged or truncated file) would flood the terminal; a video
-# that ends early is reported below in one line instead.
-os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-
 #: Image files a folder of frames may hold (read in name order; other files are ignored).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 
@@ -32,8 +28,16 @@ def _image_files(folder: Path) -> list[Path]:
     return files
 
 
+def open_video(path: Path) -> cv2.VideoCapture:
+    """``cv2.VideoCapture`` of ``path`` with FFmpeg's own decoder messages silenced (a damaged
+    or truncated file would flood the terminal; :func:`read_frames` says in one line when a
+    video ends early)."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    return cv2.VideoCapture(str(path))
+
+
 def _video_frames(path: Path) -> Iterator[np.ndarray]:
-    capture = cv2.VideoCapture(str(path))
+    capture = open_video(path)
     try:
         if not capture.isOpened():
             raise ValueError(f"{path}: OpenCV cannot open it as a video")
@@ -60,7 +64,7 @@ def frame_size(source: str | os.PathLike) -> tuple[int, int]:
     if source.is_dir():
         first = next(_folder_frames(_image_files(source)))
         return first.shape[0], first.shape[1]
-    capture = cv2.VideoCapture(str(source))
+    capture = open_video(source)
     try:
         if not capture.isOpened():
             raise ValueError(f"{source}: OpenCV cannot open it as a video")
@@ -70,14 +74,27 @@ def frame_size(source: str | os.PathLike) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
+def free_memory() -> int | None:
+    """Bytes a new allocation can have: ``MemAvailable`` of ``/proc/meminfo`` (page cache
+    counts as available), else the free pages; None where neither is known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def _check_fits_in_memory(frames: int | None, frame_bytes: int, source: Path) -> None:
     """One clear error, before reading, for frames that would take more than the free memory."""
-    try:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # not POSIX: let the reading find out
-        return
+    free = free_memory()
     needed = (frames or 1) * frame_bytes
-    if needed > free:
+    if free is not None and needed > free:
         raise ValueError(
             f"{source}: {frames or 'its'} frames at this size need {needed / 2**30:.1f} GiB, "
             f"more than the {free / 2**30:.1f} GiB of free memory; choose a smaller size, a "
@@ -105,7 +122,7 @@ def read_frames(
         frames, total = _folder_frames(files[::every]), len(files[::every])
     elif source.is_file():
         frames = (f for i, f in enumerate(_video_frames(source)) if i % every == 0)
-        capture = cv2.VideoCapture(str(source))
+        capture = open_video(source)
         count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
         capture.release()
         total = -(-count // every) if count > 0 else None
@@ -160,8 +177,6 @@ def import_frames(
     needed = None if max_sequences is None else (max_sequences - 1) * stride + length
     frames = read_frames(source, size, grey, every, max_frames=needed)
     images = to_sequences(frames, length, stride)
-    if max_sequences is not None:
-        images = images[:max_sequences]
     meta = {
         "importer": "sqair_pyro.data.frames.import_frames",
         "source": str(source),

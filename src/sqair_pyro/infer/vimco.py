@@ -7,10 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pyro
-import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
-from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
 from pyro.distributions.util import scale_and_mask
 from pyro.infer.elbo import ELBO
 from pyro.poutine.messenger import Messenger
@@ -94,10 +92,6 @@ class VIMCO_ELBO(ELBO):
     :param int max_plate_nesting: bound on the number of nested plates of the model and guide.
     :param bool vectorize_particles: must be ``True``.
     :param bool control_variate: use the VIMCO leave-one-out baseline (default) or none.
-    :param bool doubly_reparameterized: the guide's reparameterised sites learn from the
-        doubly reparameterised gradient (DReG) of Tucker et al. [3] instead of the plain
-        reparameterised one; see :meth:`_surrogate`. The bound and the model's gradient are
-        the same.
     :param retain_graph: passed to ``backward`` in :meth:`loss_and_grads`.
 
     References
@@ -107,9 +101,6 @@ class VIMCO_ELBO(ELBO):
 
     [2] `Variational Inference for Monte Carlo Objectives`, Andriy Mnih, Danilo J. Rezende
     (ICML 2016).
-
-    [3] `Doubly Reparameterized Gradient Estimators for Monte Carlo Objectives`, George Tucker,
-    Dieterich Lawson, Shixiang Gu, Chris J. Maddison (ICLR 2019).
     """
 
     def __init__(
@@ -118,7 +109,6 @@ class VIMCO_ELBO(ELBO):
         max_plate_nesting: int = 1,
         vectorize_particles: bool = True,
         control_variate: bool = True,
-        doubly_reparameterized: bool = False,
         retain_graph: bool | None = None,
     ) -> None:
         if not vectorize_particles:
@@ -149,7 +139,6 @@ class VIMCO_ELBO(ELBO):
         self.user_max_plate_nesting = int(max_plate_nesting)
         self.max_plate_nesting = self.user_max_plate_nesting + 1
         self.control_variate = bool(control_variate)
-        self.doubly_reparameterized = bool(doubly_reparameterized)
 
     # ------------------------------------------------------------------ traces
 
@@ -160,8 +149,6 @@ class VIMCO_ELBO(ELBO):
         if isinstance(poutine.unwrap(guide), Messenger):
             raise NotImplementedError("VIMCO_ELBO does not support GuideMessenger guides")
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        if self.doubly_reparameterized:
-            _reparameterized_entry_points(guide_trace)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
             *args, **kwargs
         )
@@ -265,11 +252,8 @@ class VIMCO_ELBO(ELBO):
         log_w: Any = 0.0
         log_q_d: Any = 0.0
         for site, is_guide in sites:
-            fn = site["fn"]
-            if is_guide and self.doubly_reparameterized and fn.has_rsample:
-                fn = detach_parameters(fn)  # log q's gradient only through its value
             with float32_densities(site["value"].device):  # under mixed precision too
-                lp = fn.log_prob(site["value"], *site["args"], **site["kwargs"])
+                lp = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
             if lp.dim() > nest:
                 raise ValueError(
                     f"site {site['name']!r} has log_prob shape {tuple(lp.shape)}, whose batch "
@@ -296,11 +280,6 @@ class VIMCO_ELBO(ELBO):
             else:
                 log_w = log_w + lp
 
-        self._entry_points = [
-            (site["value"], len(site["fn"].event_shape))
-            for site, is_guide in sites
-            if is_guide and site.get("entry_point", False)
-        ]
         if isinstance(log_w, torch.Tensor):
             log_w = log_w.expand(shape)
         else:
@@ -354,35 +333,9 @@ class VIMCO_ELBO(ELBO):
         return bound - bound_minus_k
 
     def _surrogate(self, model, guide, args, kwargs) -> torch.Tensor:
-        r"""The bound, plus zero-valued terms whose gradients are the estimator's.
-
-        With ``doubly_reparameterized``, the guide's reparameterised log q are evaluated with
-        their parameters held constant, and (normalised weights :math:`w_k`, held constant)
-
-        .. math::
-
-            \sum_k w_k\, \tilde l_k, \qquad
-            \tilde l_k = \log p(x, z_k) - \log q_{\perp}(z_k \mid x),
-
-        is differentiated instead of :math:`\mathcal{L}`: for the model's parameters that is
-        :math:`\sum_k w_k \nabla_\theta l_k = \nabla_\theta \mathcal{L}`; each sampled value
-        :math:`z_k` enters the model and log q through an identity whose backward multiplies
-        by :math:`w_k` once more, so the guide's parameters receive
-        :math:`\sum_k w_k^2\, \partial \tilde l_k / \partial z_k \; dz_k/d\phi` (Tucker et
-        al., Eq. 7), an unbiased, lower-variance estimate of :math:`\nabla_\phi\mathcal{L}`.
-        """
         log_w, scale, _, log_q_d = self._log_weights(model, guide, args, kwargs, True)
         bound = torch.logsumexp(log_w, dim=0) - math.log(self.num_particles)
-        if self.doubly_reparameterized:
-            weights = torch.softmax(log_w.detach(), dim=0)
-            for value, event_dim in self._entry_points:
-                if value.requires_grad:
-                    w = weights.reshape(weights.shape + (1,) * event_dim)
-                    value.register_hook(lambda grad, w=w: grad * w)
-            weighted = (weights * log_w).sum(0)
-            surrogate = (bound.detach() + weighted - weighted.detach()).sum()
-        else:
-            surrogate = bound.sum()
+        surrogate = bound.sum()
         if log_q_d is not None and log_q_d.requires_grad:
             with torch.no_grad():
                 signal = self._learning_signal(log_w, bound)
@@ -424,38 +377,3 @@ class VIMCO_ELBO(ELBO):
         loss = surrogate_loss.item()
         warn_if_nan(loss, "loss")
         return loss
-
-
-def _reparameterized_entry_points(guide_trace: poutine.Trace) -> None:
-    """Give each reparameterised guide site's value a fresh identity node, the one the model
-    (replaying the trace) and log q see; the guide's own later uses keep the original. The
-    DReG surrogate hooks these nodes."""
-    for site in guide_trace.nodes.values():
-        if (
-            site["type"] == "sample"
-            and not site["is_observed"]
-            and not site_is_subsample(site)
-            and site["fn"].has_rsample
-            and isinstance(site["value"], torch.Tensor)
-            and site["value"].requires_grad
-        ):
-            site["value"] = site["value"].view_as(site["value"])
-            site["entry_point"] = True
-
-
-def detach_parameters(fn: Any) -> Any:
-    """The distribution ``fn`` with its parameters cut from the graph: ``log_prob`` then
-    differentiates through the value only (Pyro's masked, independent and expanded wrappers
-    around a torch distribution whose parameters are its ``arg_constraints``)."""
-    if isinstance(fn, MaskedDistribution):
-        return MaskedDistribution(detach_parameters(fn.base_dist), fn._mask)
-    if isinstance(fn, torch.distributions.Independent):
-        return detach_parameters(fn.base_dist).to_event(fn.reinterpreted_batch_ndims)
-    if isinstance(fn, ExpandedDistribution):
-        return detach_parameters(fn.base_dist).expand(fn.batch_shape)
-    if type(fn) in (dist.Normal, dist.LogNormal, dist.Laplace, dist.StudentT):
-        params = {name: getattr(fn, name).detach() for name in fn.arg_constraints}
-        return type(fn)(**params)
-    raise NotImplementedError(
-        f"doubly reparameterised gradients: cannot detach the parameters of {type(fn).__name__}"
-    )
