@@ -140,7 +140,6 @@ def test_a_model_with_another_guide(scratch_registry):
 @pytest.mark.parametrize(
     "path",
     [
-        "src/sqair_pyro/weights/mlp-sqair.pt",
         "src/sqair_pyro/weights/mlp-air.pt",
         "checkpoints/mlp-sqair/last.pt",  # a committed training state (flat config)
     ],
