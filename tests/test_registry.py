@@ -138,16 +138,17 @@ def test_a_model_with_another_guide(scratch_registry):
 
 
 @pytest.mark.parametrize(
-    "path",
+    ("path", "nested"),
     [
-        "src/sqair_pyro/weights/mlp-air.pt",
-        "checkpoints/mlp-sqair/last.pt",  # a committed training state (flat config)
+        ("checkpoints/mlp-sqair/last.pt", False),  # a committed training state, flat config
+        ("checkpoints/campH/weights.pt", True),
     ],
 )
-def test_old_checkpoints_still_load(path):
-    """Checkpoints written with the flat config rebuild the same model, weights strict."""
+def test_old_checkpoints_still_load(path, nested):
+    """Checkpoints written with the flat config (older) or the nested one rebuild the same
+    model, weights strict."""
     payload = read_checkpoint(Path(__file__).parents[1] / path)
-    assert "training" not in payload["config"]  # the flat form of older checkpoints
+    assert ("training" in payload["config"]) == nested
     config = Config.from_dict(payload["config"])
     model, guide = build(config)
     model.load_state_dict(payload["model"])
