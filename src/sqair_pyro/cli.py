@@ -204,8 +204,6 @@ def cmd_compare(args: argparse.Namespace) -> None:
 def cmd_show(args: argparse.Namespace) -> None:
     from sqair_pyro.show import show_checkpoint
 
-    if args.run is not None and not (args.run / "metrics.csv").is_file():
-        raise FileNotFoundError(f"--run {args.run}: no metrics.csv there (a training run folder)")
     paths = show_checkpoint(
         args.checkpoint or default_checkpoint(),
         args.data,

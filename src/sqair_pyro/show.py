@@ -536,12 +536,16 @@ def show_checkpoint(
 ) -> list[Path]:
     """:func:`write_figures` for a checkpoint file and a data file (a directory: its test.npz).
 
-    ``run_dir`` defaults to the checkpoint's directory (where training writes metrics.csv);
-    the model runs on ``device``.
+    ``run_dir`` defaults to the checkpoint's directory (where training writes metrics.csv,
+    if the checkpoint came from a run); one given explicitly must hold a metrics.csv.
+    The model runs on ``device``.
     Raises ``CheckpointError``, ``FileNotFoundError`` or ``ValueError`` for bad input.
     """
     from sqair_pyro.checkpoint import load_checkpoint
     from sqair_pyro.data import load_npz, split_file
+
+    if run_dir is not None and not (Path(run_dir) / "metrics.csv").is_file():
+        raise FileNotFoundError(f"run {run_dir}: no metrics.csv there (a training run folder)")
 
     data_path = split_file(data_path, "test")
     config, model, guide, _ = load_checkpoint(checkpoint, map_location=device)
