@@ -41,23 +41,37 @@ def norm(grads: tuple[torch.Tensor | None, ...]) -> float:
     return math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads if g is not None))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def checkpoint_parser(description: str) -> argparse.ArgumentParser:
+    """The options these scripts share: the checkpoint, its data, frames, seed, threads and
+    a JSON copy of what is printed."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--checkpoint", type=Path, default=Path("src/sqair_pyro/weights/mlp-sqair.pt")
     )
     parser.add_argument("--data", type=Path, default=Path("data/mm/train.npz"))
-    parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--frames", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", type=Path, help="also write the table as JSON")
-    args = parser.parse_args()
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON")
+    return parser
+
+
+def load_programs(args: argparse.Namespace) -> tuple:
+    """``(config, model, guide)`` of ``--checkpoint``, with the threads, Pyro's validation
+    off (as in training) and the seed set."""
     torch.set_num_threads(args.threads)
     pyro.enable_validation(False)
     pyro.set_rng_seed(args.seed)
     config, model, guide, _ = load_checkpoint(args.checkpoint)
+    return config, model, guide
+
+
+def main() -> None:
+    parser = checkpoint_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--batches", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+    config, model, guide = load_programs(args)
     elbo = make_objective(config)
     batches = SequenceBatches(load_npz(args.data), config.num_frames, seed=args.seed)
     named = [(f"model.{n}", p) for n, p in model.named_parameters()]

@@ -182,7 +182,7 @@ def instrumented(trainer: Trainer) -> Iterator[None]:
         # The objective: the traces, the log-probs, the rest of VIMCO_ELBO's tensor work.
         patches.wrap(VIMCO_ELBO, "_traces", PROGRAMS)
         patches.wrap(VIMCO_ELBO, "_log_weights", VIMCO)
-        patches.wrap(VIMCO_ELBO, "_surrogate", VIMCO)
+        patches.wrap(VIMCO_ELBO, "surrogate_losses", VIMCO)
         patches.wrap(torch.distributions.Independent, "log_prob", LOG_PROB)
         patches.wrap(torch_distribution.MaskedDistribution, "log_prob", LOG_PROB)
         # The optimiser's part of Trainer.step.

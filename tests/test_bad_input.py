@@ -91,6 +91,8 @@ CASES = [
     ("train --out a file", lambda p: _train(p, "--out", str(p["a_file"])), "is a file", 1),
     ("addition --out under a file", lambda p: ["addition", "--checkpoint", str(p["ckpt"]),
      "--data", str(p["data"]), "--out", str(p["a_file"] / "x.json")], "not a folder", 1),
+    ("addition more draws than epochs", lambda p: ["addition", "--checkpoint", str(p["ckpt"]),
+     "--data", str(p["data"]), "--epochs", "2", "--draws", "3"], "must not exceed epochs", 1),
     ("curves --out a folder", lambda p: ["curves", str(p["ckpt"].parent), "--out",
      str(p["empty_dir"])], "is a folder", 1),
     ("futures --out a folder", lambda p: ["futures", "--checkpoint", str(p["ckpt"]), "--data",

@@ -222,6 +222,9 @@ def test_more_bad_input_on_the_command_line(tmp_path, tiny_data, capsys):
         ({"num_steps": -3}, "num_steps must be >= 0"),
         ({"lr_multipliers": {"decoder": 0.0}}, "lr_multipliers must be > 0 each"),
         ({"max_rollbacks": -1}, "max_rollbacks must be >= 0"),
+        ({"where_scale_logit": [0.0, 1.0, 2.0]}, "where_scale_logit must be a number or two"),
+        ({"objective": "tracegraph", "guide_objective": "elbo"}, "guide_objective must be iwae"),
+        ({"guide_objective": "wake"}, "guide_objective must be one of iwae, elbo"),
     ],
 )
 def test_config_ranges(change, message):

@@ -241,3 +241,17 @@ def test_rendering_the_compacted_slots_equals_rendering_every_candidate():
         render(compacted.z_what, compacted.z_where, compacted.z_pres),
         render(both["z_what"], both["z_where"], both["z_pres"]),
     )
+
+
+def test_the_discovery_where_prior_may_be_shaped_per_axis():
+    """A [x, y] scale logit (tall, narrow walkers) centres p^D(z_where) on that shape; one
+    number keeps square windows; a tuple or a NaN in the pair is handled."""
+    config = preset("conv-sqair-pedestrians", where_scale_logit=(-1.4, -0.2))
+    assert config.where_scale_logit == [-1.4, -0.2]
+    with pytest.raises(ValueError, match="where_scale_logit must be finite"):
+        preset("conv-sqair-pedestrians", where_scale_logit=[float("nan"), 0.0])
+    model, _ = build(config)
+    loc = model.what_where_prior.where_loc
+    torch.testing.assert_close(loc, torch.tensor([-1.4, -0.2, 0.0, 0.0]))
+    square, _ = build(preset("conv-sqair-pedestrians", where_scale_logit=-0.5))
+    torch.testing.assert_close(square.what_where_prior.where_loc[:2], torch.tensor([-0.5, -0.5]))

@@ -90,11 +90,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, 
     before = _params(tmp_path / "last.pt")
 
     def diverging(*args):
-        surrogate, loss = original(*args)
-        return surrogate * math.inf, math.inf
+        parts, loss = original(*args)
+        return [(part * math.inf, params) for part, params in parts], math.inf
 
-    original = train_module.surrogate_loss
-    monkeypatch.setattr(train_module, "surrogate_loss", diverging)
+    original = train_module.surrogate_losses
+    monkeypatch.setattr(train_module, "surrogate_losses", diverging)
     with pytest.raises(TrainingDivergedError, match="last good checkpoint"):
         train(config, tiny_data, tmp_path, resume=True, progress=False)
     after = _params(tmp_path / "last.pt")
@@ -264,7 +264,7 @@ def _falling_run(tiny_data, out, monkeypatch, **changes):
     """Train with validations 100, 50, 40, 30 (each fall over rollback_nats=10, at most two
     rollbacks); returns each rollback's (model weights, learning rates) right after it."""
     values = iter([100.0, 50.0, 40.0, 30.0])
-    monkeypatch.setattr(Trainer, "validate", lambda self, *a, **k: next(values))
+    monkeypatch.setattr(Trainer, "validate", lambda self, *a, **k: (next(values), math.nan))
     restored = []
     original = Trainer.roll_back
 
@@ -375,6 +375,25 @@ def test_a_resume_drops_rows_logged_after_its_checkpoint(tiny_data, tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_resume_of_an_older_log_gains_the_new_columns(tiny_data, tmp_path):
+    """A run whose metrics.csv was written before a column existed (here: val_elbo) keeps its
+    rows and logs the new column from the resume on."""
+    config = small_config("mlp-sqair", num_steps=2, log_every=1, validate_every=2)
+    train(config, tiny_data, tmp_path, progress=False)
+    path = tmp_path / "metrics.csv"
+    with path.open() as f:
+        rows = list(csv.reader(f))
+    column = rows[0].index("val_elbo")
+    with path.open("w", newline="") as f:  # as an older version wrote it
+        csv.writer(f).writerows([row[:column] + row[column + 1 :] for row in rows])
+    train(config.replace(num_steps=4), tiny_data, tmp_path, resume=True, progress=False)
+    with path.open() as f:
+        logged = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in logged if r["bound"]] == [1, 2, 3, 4]
+    validations = {int(r["step"]): r["val_elbo"] for r in logged if r["val"]}
+    assert validations[2] == "" and math.isfinite(float(validations[4]))
+
+
 def test_a_resume_needs_no_first_weights(tiny_data, tmp_path, monkeypatch):
     """A run warm-started from a file resumes from any directory after the file is gone."""
     first = small_config("mlp-sqair", num_steps=1)
@@ -473,3 +492,34 @@ def test_the_trainer_takes_any_model_guide_pair_and_objective():
     trainer.capture.guide = lambda *args, **kwargs: None  # returns no latents
     trainer.capture(frames)
     assert trainer.capture.latents is None
+
+
+def test_piwae_changes_the_guides_gradient_only(tiny_data):
+    """With guide_objective="elbo" the model's parameters get exactly the IWAE run's gradient
+    (same seed, same particles), the guide's another one; validation logs both bounds, the
+    IWAE bound above the average ELBO."""
+    import numpy as np
+    import pyro
+
+    images = torch.from_numpy(np.load(tiny_data / "train.npz")["images"][:4, :3]).float() / 255
+    grads = {}
+    for objective in ("iwae", "elbo"):
+        pyro.clear_param_store()
+        trainer = Trainer(small_config("mlp-sqair", guide_objective=objective, clip_norm=1e12))
+        pyro.set_rng_seed(1)
+        trainer.step(images)
+        grads[objective] = {
+            prefix: {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+            for prefix, module in (("model", trainer.model), ("guide", trainer.guide))
+        }
+    iwae, elbo = grads["iwae"], grads["elbo"]
+    assert iwae["model"].keys() == elbo["model"].keys() and iwae["model"]
+    for name, grad in iwae["model"].items():
+        torch.testing.assert_close(elbo["model"][name], grad, rtol=1e-4, atol=1e-6)
+    differ = [n for n, g in iwae["guide"].items() if not torch.allclose(elbo["guide"][n], g)]
+    assert len(differ) > len(iwae["guide"]) // 2
+    batches = train_module.SequenceBatches(
+        {"images": np.load(tiny_data / "train.npz")["images"][:8]}, 3, 0
+    )
+    bound, average_elbo = trainer.validate(batches, 3, 4)
+    assert math.isfinite(bound) and math.isfinite(average_elbo) and bound >= average_elbo

@@ -12,7 +12,12 @@ digits' identity the unsupervised representation holds. As in App. D.4:
 - target per frame: the sum of the labels of the digits visible in it, 0 when none
   (:func:`frame_sums`); with at most two digits, 19 classes (0 to 18);
 - classifier: an MLP with two hidden layers of 256 ELU units and a softmax output, trained
-  with Adam (:class:`SumClassifier`, :func:`train_classifier`).
+  with Adam (:class:`SumClassifier`, :func:`train_classifier`);
+- posterior draws of the training frames: the paper trains its probe for 10^7 iterations on
+  latents of the model, which we read as drawn anew as it goes; ``draws=D`` extracts ``D``
+  independent posterior samples of every training frame and gives epoch ``e`` the draw
+  ``e mod D`` (``D=1``: one fixed draw, which the probe can overfit to). Test frames get
+  one draw either way.
 
 AIR sees each frame alone; SQAIR infers each sequence, and its slots are ordered by when the
 objects were first seen (:func:`sqair_pyro.models.state.compact`).
@@ -146,7 +151,7 @@ class SumClassifier(nn.Module):
 
 
 def train_classifier(
-    features: torch.Tensor,
+    features: torch.Tensor | list[torch.Tensor],
     targets: torch.Tensor,
     classes: int = 19,
     epochs: int = 20,
@@ -156,11 +161,17 @@ def train_classifier(
     progress: bool = False,
 ) -> SumClassifier:
     """Train :class:`SumClassifier` with Adam (default settings) on (F, K) features and (F,)
-    integer targets by cross-entropy; minibatches shuffled with ``seed``."""
-    features = torch.as_tensor(features, dtype=torch.float32)
+    integer targets by cross-entropy; minibatches shuffled with ``seed``. A list of (F, K)
+    features (posterior draws of the same frames) gives epoch ``e`` the draw ``e mod len``."""
+    draws = [
+        torch.as_tensor(f, dtype=torch.float32)
+        for f in (features if isinstance(features, list) else [features])
+    ]
     targets = torch.as_tensor(targets, dtype=torch.long)
-    if features.dim() != 2 or targets.shape != features.shape[:1]:
-        raise ValueError(f"features (F, K) and targets (F,): {features.shape}, {targets.shape}")
+    if not draws or any(f.dim() != 2 or f.shape != draws[0].shape for f in draws):
+        raise ValueError(f"features must be (F, K), each draw alike: {[f.shape for f in draws]}")
+    if targets.shape != draws[0].shape[:1]:
+        raise ValueError(f"features (F, K) and targets (F,): {draws[0].shape}, {targets.shape}")
     if len(targets) == 0:
         raise ValueError("no training examples")
     if targets.min() < 0 or targets.max() >= classes:
@@ -170,14 +181,15 @@ def train_classifier(
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        classifier = SumClassifier(features.shape[1], classes)
+        classifier = SumClassifier(draws[0].shape[1], classes)
     optimizer = torch.optim.Adam(classifier.parameters(), lr=lr)
     classifier.train()
-    for _ in tqdm(range(epochs), disable=not progress, desc="classifier", unit="epoch"):
+    for epoch in tqdm(range(epochs), disable=not progress, desc="classifier", unit="epoch"):
+        features_now = draws[epoch % len(draws)]
         order = torch.randperm(len(targets), generator=generator)
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
-            loss = nn.functional.cross_entropy(classifier(features[index]), targets[index])
+            loss = nn.functional.cross_entropy(classifier(features_now[index]), targets[index])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -222,26 +234,31 @@ def addition_experiment(
     seed: int = 0,
     progress: bool = False,
     features: str = "sample",
+    draws: int = 1,
 ) -> dict[str, Any]:
     """Train the sum probe on the first ``num_train`` training sequences' latents and test it
-    on the first ``num_test`` test sequences (None: all); every frame is one example.
+    on the first ``num_test`` test sequences (None: all); every frame is one example, with
+    ``draws`` posterior samples of each training frame (the module's docstring).
 
     ``model`` is not used by the probe (it takes the guide's latents), only accepted so every
     experiment has the same signature. Deterministic for ``seed``. ``features`` as in
     :func:`extract_features`.
 
-    :returns: ``accuracy`` (test), ``train_accuracy``, ``chance`` (the training split's
-        majority class, scored on the test frames), ``majority_class``, ``num_classes``,
-        sizes (``num_train_sequences``, ``num_train_frames``, ...), ``feature_dim``,
-        ``epochs``, ``seed``, ``features``, ``model_name`` and ``wall_time_s``.
+    :returns: ``accuracy`` (test), ``train_accuracy`` (on the first draw), ``chance`` (the
+        training split's majority class, scored on the test frames), ``majority_class``,
+        ``num_classes``, sizes (``num_train_sequences``, ``num_train_frames``, ...),
+        ``feature_dim``, ``epochs``, ``seed``, ``features``, ``draws``, ``model_name`` and
+        ``wall_time_s``.
     """
     del model  # the probe reads the guide's posterior only
     started = time.perf_counter()
     _check(train_arrays, "training")
     _check(test_arrays, "test")
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("draws", draws)):
         if int(value) != value or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if draws > epochs:
+        raise ValueError(f"draws ({draws}) must not exceed epochs ({epochs}): each epoch uses one")
     for name, value in (("num_train", num_train), ("num_test", num_test)):
         if value is not None and (int(value) != value or value < 1):
             raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
@@ -253,26 +270,26 @@ def addition_experiment(
     largest = max(int(np.max(a["labels"], initial=0)) for a in (train_arrays, test_arrays))
     classes = num_classes(max_digits, max(largest + 1, DIGIT_CLASSES))
 
-    splits = {}
-    for name, arrays, n, offset in (
-        ("train", train_arrays, train_n, 0),
-        ("test", test_arrays, test_n, 1),
-    ):
+    def features_of(arrays: Mapping[str, np.ndarray], n: int, draw_seed: int) -> torch.Tensor:
         inputs = extract_features(
             guide,
             config,
             arrays["images"][:n],
-            seed=seed + offset,
+            seed=draw_seed,
             progress=progress,
             features=features,
         )
-        targets = frame_sums(arrays["labels"][:n], arrays["visible"][:n])
-        splits[name] = (inputs.flatten(0, 1), torch.from_numpy(targets).flatten())
+        return inputs.flatten(0, 1)
 
-    train_x, train_y = splits["train"]
-    test_x, test_y = splits["test"]
+    def sums(arrays: Mapping[str, np.ndarray], n: int) -> torch.Tensor:
+        return torch.from_numpy(frame_sums(arrays["labels"][:n], arrays["visible"][:n])).flatten()
+
+    # Draw d of the training frames uses seed + 2d, the test frames seed + 1.
+    train_draws = [features_of(train_arrays, train_n, seed + 2 * d) for d in range(int(draws))]
+    train_x, train_y = train_draws[0], sums(train_arrays, train_n)
+    test_x, test_y = features_of(test_arrays, test_n, seed + 1), sums(test_arrays, test_n)
     classifier = train_classifier(
-        train_x, train_y, classes, epochs, batch_size, lr, seed=seed, progress=progress
+        train_draws, train_y, classes, epochs, batch_size, lr, seed=seed, progress=progress
     )
     majority = majority_class(train_y)
     return {
@@ -292,6 +309,7 @@ def addition_experiment(
         "lr": float(lr),
         "seed": int(seed),
         "features": features,
+        "draws": int(draws),
         "model_name": config.model_name,
         "wall_time_s": time.perf_counter() - started,
     }

@@ -230,6 +230,7 @@ def cmd_addition(args: argparse.Namespace) -> None:
         seed=args.seed,
         progress=True,
         features=args.features,
+        draws=args.draws,
     )
     print(
         f"addition accuracy {report['accuracy']:.4f} (chance {report['chance']:.4f}, "
@@ -633,6 +634,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["sample", "mean"],
         default="sample",
         help="z_what drawn (the paper's probe) or at its posterior mean",
+    )
+    p.add_argument(
+        "--draws",
+        type=_positive,
+        default=1,
+        help="posterior draws of each training frame; epoch e trains on draw e mod DRAWS",
     )
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", type=Path, help="also write the report as JSON")

@@ -33,6 +33,7 @@ CHOICES = {
     "objective": ("vimco", "reinforce", "tracegraph"),
     "optimizer": ("adam", "rmsprop"),
     "clip": ("global", "group"),
+    "guide_objective": ("iwae", "elbo"),
 }
 
 
@@ -54,6 +55,8 @@ def _has_type(value: Any, annotation: str) -> bool:
             return len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value)
         if option.startswith("list[int]") and isinstance(value, list | tuple):
             return all(isinstance(v, int) for v in value)
+        if option.startswith("list[float]") and isinstance(value, list | tuple):
+            return all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
         if option.startswith("list[str]") and isinstance(value, list | tuple):
             return all(isinstance(v, str) for v in value)
         if option.startswith("dict[str, float]") and isinstance(value, dict):
@@ -83,8 +86,9 @@ class Config:
     likelihood: str | dict[str, Any] = "additive_st"
     geometric_rho: float = 0.5  # continue probability of the geometric discovery prior
     categorical_init_rho: float | None = None  # start the categorical prior as a geometric
-    # p^D(z_where) of new objects: scale logit mean and sd, shift sd (unconstrained z_where).
-    where_scale_logit: float = 0.0
+    # p^D(z_where) of new objects: scale logit mean (one for both axes, or [x, y]: the window
+    # is sigmoid(logit) of the canvas along each axis) and sd, shift sd (unconstrained z_where).
+    where_scale_logit: float | list[float] = 0.0
     where_scale_sd: float = 0.5
     where_shift_sd: float = 1.0
     # Presence logit biases at initialisation, as in the authors' original implementation:
@@ -99,6 +103,9 @@ class Config:
     # Training.
     objective: str = "vimco"  # "vimco", "reinforce" or "tracegraph"
     num_particles: int = 5
+    # What the guide learns from: the IWAE bound (as the model) or the average ELBO of the
+    # particles (PIWAE; VIMCO_ELBO's guide_objective). Objectives vimco and reinforce only.
+    guide_objective: str = "iwae"
     batch_size: int = 32
     optimizer: str = "adam"  # "adam" or "rmsprop" (momentum 0.9, as in the paper)
     lr: float = 1e-4
@@ -149,9 +156,12 @@ class Config:
                 )
         for key in ("image_size", "glimpse_size"):  # lists from JSON or --set
             object.__setattr__(self, key, tuple(getattr(self, key)))
+        if isinstance(self.where_scale_logit, tuple):  # as JSON would give it back
+            object.__setattr__(self, "where_scale_logit", list(self.where_scale_logit))
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
+            values = value if isinstance(value, list) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
                 raise ValueError(f"config {f.name} must be finite, got {value}")
         for name in POSITIVE:
             if getattr(self, name) <= 0:
@@ -166,6 +176,17 @@ class Config:
             ("max_rollbacks", self.max_rollbacks >= 0, ">= 0"),
             ("rollback_nats", self.rollback_nats is None or self.rollback_nats >= 0, ">= 0"),
             ("lr_multipliers", all(v > 0 for v in self.lr_multipliers.values()), "> 0 each"),
+            (
+                "where_scale_logit",
+                not isinstance(self.where_scale_logit, list | tuple)
+                or len(self.where_scale_logit) == 2,
+                "a number or two ([x, y])",
+            ),
+            (
+                "guide_objective",
+                self.guide_objective == "iwae" or self.objective != "tracegraph",
+                "iwae with objective tracegraph",
+            ),
         )
         for name, ok, requirement in checks:
             if not ok:

@@ -38,6 +38,7 @@ from sqair_pyro.distributed import (
     setup,
 )
 from sqair_pyro.infer import VIMCO_ELBO
+from sqair_pyro.infer.vimco import backward_parts
 from sqair_pyro.nn.precision import keep_float32_outputs, matmul_precision
 from sqair_pyro.optim import clip_by_component, components
 from sqair_pyro.tracking import new_objects_per_frame
@@ -86,6 +87,7 @@ def make_objective(config: Config) -> pyro.infer.ELBO:
             max_plate_nesting=1,
             vectorize_particles=True,
             control_variate=config.objective == "vimco",
+            guide_objective=config.guide_objective,
         )
     if config.objective == "tracegraph":
         return TraceGraph_ELBO(num_particles=1, max_plate_nesting=1)
@@ -166,16 +168,20 @@ def warm_start(model: nn.Module, guide: nn.Module, checkpoint: str | Path) -> li
     return copied
 
 
-def surrogate_loss(
+def surrogate_losses(
     elbo: pyro.infer.ELBO, model: Callable, guide: Callable, images: torch.Tensor, **kwargs: Any
-) -> tuple[torch.Tensor, float]:
-    """``(surrogate, -bound)``: differentiate the first; the second is the objective's value.
-    ``kwargs`` go to the model and the guide (e.g. the training phase)."""
+) -> tuple[list[tuple[torch.Tensor, list[torch.Tensor] | None]], float]:
+    """``(parts, -bound)``: the surrogate losses to differentiate, each with the parameters its
+    gradient is for (None: all; see :meth:`VIMCO_ELBO.surrogate_losses`), and the objective's
+    value. ``kwargs`` go to the model and the guide (e.g. the training phase)."""
     if isinstance(elbo, TraceGraph_ELBO):
         loss, surrogate = elbo._loss_and_surrogate_loss(model, guide, (images,), kwargs)
-        return surrogate, float(loss.detach())
-    surrogate = elbo.differentiable_loss(model, guide, images, **kwargs)
-    return surrogate, surrogate.item()
+        return [(surrogate, None)], float(loss.detach())
+    if isinstance(elbo, VIMCO_ELBO):
+        parts = elbo.surrogate_losses(model, guide, images, **kwargs)
+    else:  # any Pyro ELBO with a differentiable_loss
+        parts = [(elbo.differentiable_loss(model, guide, images, **kwargs), None)]
+    return parts, parts[0][0].item()
 
 
 def frames_for_step(config: Config, step: int) -> int:
@@ -262,7 +268,8 @@ def counting_accuracy(z_pres: torch.Tensor, counts: torch.Tensor | None) -> floa
 
 
 class Trainer:
-    """SVI with a torch optimiser on ``elbo.differentiable_loss``; state saved for exact resume."""
+    """SVI with a torch optimiser on the objective's surrogate losses (``differentiable_loss``
+    of any Pyro ELBO, or :meth:`VIMCO_ELBO.surrogate_losses`); state saved for exact resume."""
 
     def __init__(
         self,
@@ -319,6 +326,13 @@ class Trainer:
             pyro.set_rng_seed(config.seed + RANK_SEED_STRIDE * workers.rank)
         groups = parameter_groups(config, {"model": self.model, "guide": self.guide})
         self.params = [p for group in groups for p in group["params"]]
+        # Whose gradient is whose when model and guide learn from different objectives
+        # (PIWAE): the modules' own parameters, a shared one counting as the model's.
+        model_ids = {id(p) for p in self.model.parameters()}
+        self.owned = (
+            [p for p in self.params if id(p) in model_ids],
+            [p for p in self.params if id(p) not in model_ids],
+        )
         self.components = components(
             [
                 *((f"model.{n}", p) for n, p in self.model.named_parameters()),
@@ -343,9 +357,11 @@ class Trainer:
         """One SVI step on a batch; returns the bound per datum and the counting accuracy."""
         images = images.to(self.device)
         with matmul_precision(self.config.mixed_precision, self.device):
-            surrogate, loss = surrogate_loss(
+            parts, loss = surrogate_losses(
                 self.elbo, self.model, self.capture, images, **self.phase()
             )
+        if len(parts) == len(self.owned):  # the model's loss, then the guide's
+            parts = [(part, own) for (part, _), own in zip(parts, self.owned, strict=True)]
         loss = self.workers.sum(loss) / self.workers.world  # the same on every process
         if not math.isfinite(loss):
             raise TrainingDivergedError(
@@ -353,7 +369,7 @@ class Trainer:
                 "the last good checkpoint is kept (try a lower --lr or --clip-norm)"
             )
         self.optimizer.zero_grad(set_to_none=True)
-        (surrogate / images.shape[0]).backward()
+        backward_parts(parts, divide_by=images.shape[0])
         average_gradients(self.params, self.workers)
         grad_norm, clipped = self.clip_gradients()
         if not math.isfinite(grad_norm):
@@ -430,16 +446,27 @@ class Trainer:
         self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     @torch.no_grad()
-    def validate(self, batches: SequenceBatches, num_frames: int, batch_size: int) -> float:
-        """The IWAE bound per datum (the training objective's value) on a whole split; under
-        data-parallel training each process takes its shard and the sums are combined."""
-        total = 0.0
+    def validate(
+        self, batches: SequenceBatches, num_frames: int, batch_size: int
+    ) -> tuple[float, float]:
+        """The IWAE bound per datum (the training objective's value) on a whole split, and the
+        average single-particle ELBO of the same particles (NaN for an objective without
+        particles); under data-parallel training each process takes its shard and the sums
+        are combined."""
+        iwae = elbo = 0.0
         rows = np.arange(len(batches))[self.workers.shard(len(batches))]
         for start in range(0, len(rows), batch_size):
             images, _ = batches.get(rows[start : start + batch_size], num_frames)
             images = images.to(self.device)
-            total += -self.elbo.loss(self.model, self.guide, images, **self.phase())
-        return self.workers.sum(total) / len(batches)
+            if isinstance(self.elbo, VIMCO_ELBO):
+                batch_iwae, batch_elbo = self.elbo.bounds(
+                    self.model, self.guide, images, **self.phase()
+                )
+                iwae, elbo = iwae + batch_iwae, elbo + batch_elbo
+            else:
+                iwae += -self.elbo.loss(self.model, self.guide, images, **self.phase())
+                elbo = math.nan
+        return self.workers.sum(iwae) / len(batches), self.workers.sum(elbo) / len(batches)
 
     def state(self, batches: SequenceBatches) -> dict[str, Any]:
         """Everything besides the weights that an exact resume needs."""
@@ -519,6 +546,7 @@ class MetricsLog:
         "lr",
         "val",
         "new_objects",
+        "val_elbo",
     )
 
     def __init__(
@@ -534,14 +562,16 @@ class MetricsLog:
             return
         new = not self.path.exists()
         fields = self.FIELDS
-        if not new:  # a resumed run keeps its file's columns
+        if not new:  # a resumed run keeps its file's columns and gains any new ones
             with self.path.open(newline="") as f:
                 rows = list(csv.reader(f))
-            fields = tuple(rows[0]) if rows else self.FIELDS
-            kept = [row for row in rows[1:] if row and _step_of(row, fields) <= after_step]
-            if len(kept) < len(rows) - 1:
+            old = tuple(rows[0]) if rows else self.FIELDS
+            fields = old + tuple(f for f in self.FIELDS if f not in old)
+            kept = [row for row in rows[1:] if row and _step_of(row, old) <= after_step]
+            if len(kept) < len(rows) - 1 or fields != old:
+                padded = [row + [""] * (len(fields) - len(row)) for row in kept]
                 with self.path.open("w", newline="") as f:
-                    csv.writer(f).writerows([list(fields), *kept])
+                    csv.writer(f).writerows([list(fields), *padded])
         self.file = self.path.open("a", newline="")
         self.writer = csv.DictWriter(self.file, fieldnames=fields, extrasaction="ignore")
         if new:
@@ -733,8 +763,10 @@ def _loop(
             log.write({**row, **metrics})
         if step % config.validate_every == 0 or step == config.num_steps:
             # Always at full length, so validations compare across the curriculum.
-            value = trainer.validate(valid, config.num_frames, 2 * config.batch_size)
-            log.write({"step": step, "time_s": trainer.elapsed_s, "val": value})
+            value, value_elbo = trainer.validate(valid, config.num_frames, 2 * config.batch_size)
+            log.write(
+                {"step": step, "time_s": trainer.elapsed_s, "val": value, "val_elbo": value_elbo}
+            )
             if value > trainer.best_validation:
                 trainer.best_validation = value
                 trainer.validations_without_improvement = 0

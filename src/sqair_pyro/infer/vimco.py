@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyro
 import pyro.poutine as poutine
@@ -17,10 +17,37 @@ from pyro.util import warn_if_nan
 
 from sqair_pyro.nn.precision import float32_densities
 
-__all__ = ["VIMCO_ELBO"]
+__all__ = ["VIMCO_ELBO", "backward_parts"]
 
 #: Name of the plate that holds the particles (the same name Pyro's own ELBOs use).
 PARTICLE_PLATE = "num_particles_vectorized"
+#: What the guide's parameters learn from: the importance-weighted bound itself, or the
+#: average single-particle ELBO of the same particles (PIWAE, Rainforth et al. 2018).
+GUIDE_OBJECTIVES = ("iwae", "elbo")
+
+
+class _Weights(NamedTuple):
+    """What :meth:`VIMCO_ELBO._log_weights` computes from one pair of traces."""
+
+    log_w: torch.Tensor  # (K, ...) in the full max_plate_nesting layout
+    scale: float  # mini-batch scale of the data plates
+    data_dims: list[int]
+    log_q_d: torch.Tensor | None  # summed log q of the non-reparameterised guide sites
+    model_params: list[torch.Tensor]  # the param sites of each trace (model first), when
+    guide_params: list[torch.Tensor]  # scoring
+
+
+def _trace_params(trace: Any, skip: set[int]) -> list[torch.Tensor]:
+    """The unconstrained tensors of a trace's param sites, leaving out those in ``skip``
+    (ids), which it then also holds."""
+    params = []
+    for site in trace.nodes.values():
+        if site["type"] == "param":
+            value = site["value"].unconstrained()
+            if id(value) not in skip and value.requires_grad:
+                skip.add(id(value))
+                params.append(value)
+    return params
 
 
 class VIMCO_ELBO(ELBO):
@@ -76,6 +103,26 @@ class VIMCO_ELBO(ELBO):
     :math:`l_{kb} - \mathcal{L}_{b,-k}` (the choice of the original SQAIR code), which is biased
     for :math:`\nabla \mathbb{E}[\mathcal{L}]`.
 
+    **The guide's own objective** (``guide_objective="elbo"``: PIWAE, Rainforth et al. [3]).
+    As :math:`K` grows the IWAE gradient of the guide's parameters :math:`\phi` loses its
+    signal-to-noise ratio, and the guide it trains is broad (mass-covering), so one posterior
+    sample reconstructs poorly and costs much KL. With this option the model's parameters
+    :math:`\theta` still learn from the IWAE gradient above, and :math:`\phi` from the
+    average single-particle ELBO of the same :math:`K` particles,
+
+    .. math::
+
+        \nabla_\phi\, \frac{1}{K}\sum_k \Bigl( l_{kb} + \bigl[l_{kb} - \bar l_{b,-k}
+        \bigr]_\perp \log q^d(z_{kb}) \Bigr), \qquad
+        \bar l_{b,-k} = \frac{1}{K-1}\sum_{j \neq k} l_{jb},
+
+    whose leave-one-out baseline does not depend on :math:`z_{kb}`, so the estimate is
+    unbiased for :math:`\nabla_\phi \mathbb{E}_q[l]`. The two gradients need two backward
+    passes (:meth:`surrogate_losses`, each restricted to its parameters: the param sites of
+    the model's and of the guide's trace; a param in both counts as the model's), so there is
+    no single :meth:`differentiable_loss`; :meth:`loss_and_grads` (what ``SVI`` calls) runs
+    both.
+
     Each site's log-probability is ``fn.log_prob(value)`` with the site's ``poutine.mask`` and
     scale applied (what Pyro stores as the masked ``site["log_prob"]``; ``.mask()`` on a
     distribution acts inside ``log_prob``); ``score_parts().score_function`` is not used, as
@@ -92,6 +139,8 @@ class VIMCO_ELBO(ELBO):
     :param int max_plate_nesting: bound on the number of nested plates of the model and guide.
     :param bool vectorize_particles: must be ``True``.
     :param bool control_variate: use the VIMCO leave-one-out baseline (default) or none.
+    :param str guide_objective: ``"iwae"`` (default: every parameter learns from the bound)
+        or ``"elbo"`` (the guide learns from the average ELBO of the particles: PIWAE).
     :param retain_graph: passed to ``backward`` in :meth:`loss_and_grads`.
 
     References
@@ -101,6 +150,10 @@ class VIMCO_ELBO(ELBO):
 
     [2] `Variational Inference for Monte Carlo Objectives`, Andriy Mnih, Danilo J. Rezende
     (ICML 2016).
+
+    [3] `Tighter Variational Bounds are Not Necessarily Better`, Tom Rainforth, Adam R.
+    Kosiorek, Tuan Anh Le, Chris J. Maddison, Maximilian Igl, Frank Wood, Yee Whye Teh
+    (ICML 2018).
     """
 
     def __init__(
@@ -109,8 +162,13 @@ class VIMCO_ELBO(ELBO):
         max_plate_nesting: int = 1,
         vectorize_particles: bool = True,
         control_variate: bool = True,
+        guide_objective: str = "iwae",
         retain_graph: bool | None = None,
     ) -> None:
+        if guide_objective not in GUIDE_OBJECTIVES:
+            raise ValueError(
+                f"guide_objective must be one of {GUIDE_OBJECTIVES}, got {guide_objective!r}"
+            )
         if not vectorize_particles:
             raise ValueError("VIMCO_ELBO requires vectorize_particles=True")
         if isinstance(max_plate_nesting, bool) or not (
@@ -139,6 +197,7 @@ class VIMCO_ELBO(ELBO):
         self.user_max_plate_nesting = int(max_plate_nesting)
         self.max_plate_nesting = self.user_max_plate_nesting + 1
         self.control_variate = bool(control_variate)
+        self.guide_objective = guide_objective
 
     # ------------------------------------------------------------------ traces
 
@@ -178,10 +237,11 @@ class VIMCO_ELBO(ELBO):
 
     def _log_weights(
         self, model, guide, args, kwargs, with_score: bool, terms: dict | None = None
-    ) -> tuple[torch.Tensor, float, list[int], torch.Tensor | None]:
+    ) -> _Weights:
         """Per-(particle, data-plate element) log weights in the full ``max_plate_nesting``
-        layout (non-data dims kept with size 1), the data-plate scale, the data-plate dims and
-        (if ``with_score``) the summed log q of the non-reparameterised guide sites. A
+        layout (non-data dims kept with size 1), the data-plate scale, the data-plate dims,
+        (if ``with_score``) the summed log q of the non-reparameterised guide sites and the
+        parameters of each trace. A
         ``terms`` dict receives each site's signed contribution to the log weights, keyed by
         ``(name, kind)``: kind ``"p"`` for model sites, ``"q"`` for reparameterised and
         ``"q_discrete"`` for other guide sites."""
@@ -286,7 +346,10 @@ class VIMCO_ELBO(ELBO):
             log_w = torch.zeros(shape)
         if not isinstance(log_q_d, torch.Tensor):
             log_q_d = None
-        return log_w, scale, data_dims, log_q_d
+        seen: set[int] = set()
+        model_params = _trace_params(model_trace, seen) if with_score else []
+        guide_params = _trace_params(guide_trace, seen) if with_score else []
+        return _Weights(log_w, scale, data_dims, log_q_d, model_params, guide_params)
 
     def log_weights(self, model, guide, *args, **kwargs) -> tuple[torch.Tensor, float]:
         """
@@ -296,7 +359,7 @@ class VIMCO_ELBO(ELBO):
         mini-batch scale :math:`s` of the data plates (see the class docstring). The log
         weights are differentiable when grad mode is on.
         """
-        log_w, scale, data_dims, _ = self._log_weights(model, guide, args, kwargs, False)
+        log_w, scale, data_dims, *_ = self._log_weights(model, guide, args, kwargs, False)
         return log_w.reshape((log_w.size(0),) + tuple(log_w.size(d) for d in data_dims)), scale
 
     def log_weight_terms(
@@ -307,13 +370,24 @@ class VIMCO_ELBO(ELBO):
         which add up to them: what the gradient of the bound is made of
         (``benchmarks/gradient_terms.py``)."""
         terms: dict = {}
-        log_w, _, data_dims, _ = self._log_weights(model, guide, args, kwargs, False, terms)
+        log_w, _, data_dims, *_ = self._log_weights(model, guide, args, kwargs, False, terms)
         shape = (log_w.size(0),) + tuple(log_w.size(d) for d in data_dims)
         return log_w.reshape(shape), {
             k: v.expand(log_w.shape).reshape(shape) for k, v in terms.items()
         }
 
     # ------------------------------------------------------------- estimator
+
+    @staticmethod
+    def _others_mean(log_w: torch.Tensor) -> torch.Tensor:
+        """``(K, 1, ...)`` for ``K`` particles ``(K, ...)``: :math:`\\bar l_{-k}`, the mean of the
+        other particles' log weights (summed with particle k masked out rather than
+        subtracted, so a -inf weight gives no nan in the others' means)."""
+        K = log_w.size(0)
+        eye = torch.eye(K, dtype=torch.bool, device=log_w.device)
+        eye = eye.reshape((K, K) + (1,) * (log_w.dim() - 1))
+        others = log_w.unsqueeze(0).expand((K,) + log_w.shape)  # others[k, j] = l_j
+        return torch.where(eye, 0.0, others).sum(1, keepdim=True) / (K - 1)
 
     def _learning_signal(self, log_w: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
         """The (constant) learning signal of each particle's non-reparameterised log q,
@@ -324,43 +398,86 @@ class VIMCO_ELBO(ELBO):
         eye = torch.eye(K, dtype=torch.bool, device=log_w.device)
         eye = eye.reshape((K, K) + (1,) * (log_w.dim() - 1))
         others = log_w.unsqueeze(0).expand((K,) + log_w.shape)  # others[k, j] = l_j
-        # Geometric-mean stand-in for particle k: the mean of the other particles' log weights
-        # (summed with particle k masked out rather than subtracted, so -inf weights give no nan).
-        others_mean = torch.where(eye, 0.0, others).sum(1, keepdim=True) / (K - 1)
-        # loo[k, j] = l_j for j != k and the stand-in for j == k.
-        loo = torch.where(eye, others_mean, others)
+        # loo[k, j] = l_j for j != k and the geometric-mean stand-in for j == k.
+        loo = torch.where(eye, self._others_mean(log_w), others)
         bound_minus_k = torch.logsumexp(loo, dim=1) - math.log(K)
         return bound - bound_minus_k
 
-    def _surrogate(self, model, guide, args, kwargs) -> torch.Tensor:
-        log_w, scale, _, log_q_d = self._log_weights(model, guide, args, kwargs, True)
-        bound = torch.logsumexp(log_w, dim=0) - math.log(self.num_particles)
-        surrogate = bound.sum()
-        if log_q_d is not None and log_q_d.requires_grad:
+    def _elbo_signal(self, log_w: torch.Tensor) -> torch.Tensor:
+        """The (constant) learning signal of each particle's non-reparameterised log q under
+        the guide's ELBO objective, ``(K, ...)``: :math:`(l_k - \\bar l_{-k}) / K` (VIMCO's
+        leave-one-out baseline) or :math:`l_k / K`. A particle of weight zero
+        (:math:`l_k = -\\infty`) makes its datum's ELBO, and its own signal, infinite."""
+        K = log_w.size(0)
+        if not self.control_variate:
+            return log_w / K
+        return (log_w - self._others_mean(log_w)[:, 0]) / K
+
+    def surrogate_losses(
+        self, model, guide, *args, **kwargs
+    ) -> list[tuple[torch.Tensor, list[torch.Tensor] | None]]:
+        """
+        The surrogate losses to differentiate, each with the parameters its gradient is for
+        (``None``: all of them; pass them as ``backward(inputs=...)``). One pair whose loss is
+        :meth:`differentiable_loss` with ``guide_objective="iwae"``; with ``"elbo"`` the
+        model's IWAE surrogate for the model's parameters, then the ELBO surrogate for the
+        guide's (the first loss's value is the negative bound in both cases). The parameters
+        are the tensors of each trace's param sites (``pyro.module`` / ``pyro.param``, as
+        ``SVI`` optimises them); a caller that owns the programs' modules may pass its own.
+        """
+        w = self._log_weights(model, guide, args, kwargs, True)
+        log_w, log_q_d, K = w.log_w, w.log_q_d, self.num_particles
+        bound = torch.logsumexp(log_w, dim=0) - math.log(K)
+        scored = log_q_d is not None and log_q_d.requires_grad
+        # The score term also reaches a parameter shared by model and guide (the model's).
+        iwae = bound.sum()
+        if scored:
             with torch.no_grad():
                 signal = self._learning_signal(log_w, bound)
-            surrogate = surrogate + (signal * (log_q_d - log_q_d.detach())).sum()
-        if scale != 1.0:
-            surrogate = surrogate * scale
-        return surrogate
+            iwae = iwae + (signal * (log_q_d - log_q_d.detach())).sum()
+        if self.guide_objective == "iwae":
+            return [(-w.scale * iwae, None)]
+        elbo = log_w.mean(0).sum()
+        if scored:
+            with torch.no_grad():
+                signal = self._elbo_signal(log_w)
+            elbo = elbo + (signal * (log_q_d - log_q_d.detach())).sum()
+        return [(-w.scale * iwae, w.model_params), (-w.scale * elbo, w.guide_params)]
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """
         :returns: a surrogate loss whose value is the negative (scaled) IWAE bound and whose
             gradient is the negative VIMCO gradient estimate.
         :rtype: torch.Tensor
+        :raises NotImplementedError: with ``guide_objective="elbo"``, whose model and guide
+            learn from different objectives (use :meth:`surrogate_losses`).
         """
-        return -self._surrogate(model, guide, args, kwargs)
+        if self.guide_objective != "iwae":
+            raise NotImplementedError(
+                "with guide_objective='elbo' the model and the guide learn from different "
+                "objectives, so there is no single differentiable loss; use loss_and_grads "
+                "or surrogate_losses"
+            )
+        ((loss, _),) = self.surrogate_losses(model, guide, *args, **kwargs)
+        return loss
 
     @torch.no_grad()
+    def bounds(self, model, guide, *args, **kwargs) -> tuple[float, float]:
+        """
+        :returns: the (scaled) IWAE bound :math:`s\\sum_b\\mathcal{L}_b` and the average
+            single-particle ELBO :math:`s\\sum_b \\frac{1}{K}\\sum_k l_{kb}` of the same
+            particles (below the bound by Jensen's inequality).
+        """
+        log_w, scale, *_ = self._log_weights(model, guide, args, kwargs, False)
+        bound = torch.logsumexp(log_w, dim=0) - math.log(self.num_particles)
+        return scale * bound.sum().item(), scale * log_w.mean(0).sum().item()
+
     def loss(self, model, guide, *args, **kwargs) -> float:
         """
         :returns: an estimate of the negative (scaled) IWAE bound :math:`-s\\sum_b\\mathcal{L}_b`.
         :rtype: float
         """
-        log_w, scale, _, _ = self._log_weights(model, guide, args, kwargs, False)
-        bound = torch.logsumexp(log_w, dim=0) - math.log(self.num_particles)
-        loss = -scale * bound.sum().item()
+        loss = -self.bounds(model, guide, *args, **kwargs)[0]
         warn_if_nan(loss, "loss")
         return loss
 
@@ -371,9 +488,32 @@ class VIMCO_ELBO(ELBO):
         :returns: an estimate of the negative (scaled) IWAE bound.
         :rtype: float
         """
-        surrogate_loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        if surrogate_loss.requires_grad:
-            surrogate_loss.backward(retain_graph=self.retain_graph)
-        loss = surrogate_loss.item()
+        parts = self.surrogate_losses(model, guide, *args, **kwargs)
+        backward_parts(parts, retain_graph=self.retain_graph)
+        loss = parts[0][0].item()
         warn_if_nan(loss, "loss")
         return loss
+
+
+def backward_parts(
+    parts: list[tuple[torch.Tensor, list[torch.Tensor] | None]],
+    divide_by: float = 1.0,
+    retain_graph: bool | None = None,
+) -> None:
+    """Backpropagate each surrogate loss of :meth:`VIMCO_ELBO.surrogate_losses` (divided by
+    ``divide_by``) into its own parameters, keeping the graph for the later ones.
+
+    :raises ValueError: for a loss that needs a gradient but names no parameters (programs
+        whose parameters are not param sites: pass the modules' parameters instead).
+    """
+    for i, (loss, params) in enumerate(parts):
+        if not loss.requires_grad:
+            continue
+        if params is not None and not params:
+            raise ValueError(
+                "a surrogate loss has no parameters to differentiate: with guide_objective="
+                "'elbo' the model's and the guide's parameters are their traces' param sites "
+                "(register them with pyro.module), or pass the modules' own"
+            )
+        keep = retain_graph or i + 1 < len(parts)
+        (loss / divide_by).backward(inputs=params, retain_graph=keep)
