@@ -224,7 +224,7 @@ def make_config(
         propagation_warmup_steps=0,
         mixed_precision=spec.get("mixed_precision", False),
     )
-    if config.model == "sqair":  # Trainer.step uses the frames it is given; pin them anyway
+    if config.num_frames > 1:  # sequences (not AIR's single frames): pin the curriculum
         config = config.replace(num_frames=frames, curriculum_start=frames)
     return config
 
@@ -246,7 +246,7 @@ def load_batches(data_dir: Path, config: Config, frames: int) -> SequenceBatches
     """Random training batches as ``sqair_pyro.train`` draws them."""
     arrays = load_npz(Path(data_dir) / "train.npz")
     available = arrays["images"].shape[1]
-    if config.model == "sqair" and available < frames:
+    if config.num_frames > 1 and available < frames:
         raise SystemExit(f"{data_dir}/train.npz has {available} frames; {frames} needed")
     return SequenceBatches(arrays, config.num_frames, seed=config.seed)
 

@@ -523,3 +523,63 @@ def test_piwae_changes_the_guides_gradient_only(tiny_data):
     )
     bound, average_elbo = trainer.validate(batches, 3, 4)
     assert math.isfinite(bound) and math.isfinite(average_elbo) and bound >= average_elbo
+
+
+@pytest.mark.parametrize("guide_objective", ["iwae", "elbo"])
+def test_a_zero_multiplier_freezes_the_guide(tiny_data, guide_objective):
+    """``lr_multipliers={"guide": 0}``: a model-only phase. After two steps every guide weight
+    is unchanged and has no gradient, the model's weights moved, and the model's gradient on the
+    first step equals the one of a run that trains both (same seed, same particles): freezing
+    the posterior takes nothing from the model's signal. A 0 wins over a larger multiplier on
+    the same path (the guide's ``what_head``); freezing everything is refused."""
+    import numpy as np
+    import pyro
+
+    images = torch.from_numpy(np.load(tiny_data / "train.npz")["images"][:4, :3]).float() / 255
+    multipliers = {"guide": 0.0, "what_head": 10.0, "decoder": 10.0}
+    grads = {}
+    for frozen in (False, True):
+        pyro.clear_param_store()
+        config = small_config(
+            "mlp-sqair",
+            guide_objective=guide_objective,
+            clip_norm=1e12,
+            lr_multipliers=multipliers if frozen else {"what_head": 10.0, "decoder": 10.0},
+        )
+        trainer = Trainer(config)
+        before = {k: v.clone() for k, v in trainer.guide.state_dict().items()}
+        model_before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        pyro.set_rng_seed(1)
+        trainer.step(images)
+        grads[frozen] = {n: p.grad.clone() for n, p in trainer.model.named_parameters()}
+    trainer.step(images)
+    assert all(p.grad is None for p in trainer.guide.parameters())
+    after = trainer.guide.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    model_after = trainer.model.state_dict()
+    moved = [k for k in model_before if not torch.equal(model_after[k], model_before[k])]
+    assert len(moved) > len(model_before) // 2
+    for name, grad in grads[False].items():
+        torch.testing.assert_close(grads[True][name], grad, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="freeze every parameter"):
+        Trainer(small_config("mlp-sqair", lr_multipliers={"model": 0.0, "guide": 0.0}))
+
+
+@pytest.mark.parametrize(
+    ("name", "config"),
+    [
+        ("mlp-vrnn", {"encoder": {"name": "mlp_vrnn", "z_dim": 6, "layers": 2}}),
+        ("mlp-sqair", {"objective": "tracegraph"}),
+    ],
+)
+def test_a_zero_freezes_shared_weights_and_baselines(name, config):
+    """A weight the guide shares with the model (the VRNN's core) is frozen by {"guide": 0}
+    whichever module it is met in first, and so are the guide's NVIL baselines; the clip's
+    components hold trainable weights only."""
+    trainer = Trainer(small_config(name, lr_multipliers={"guide": 0.0}, **config))
+    guide_ids = {id(p) for p in trainer.guide.parameters()}
+    assert not any(p.requires_grad for p in trainer.guide.parameters())
+    assert guide_ids.isdisjoint(id(p) for p in trainer.params)
+    assert any(p.requires_grad for p in trainer.model.parameters())
+    clipped = {id(p) for params in trainer.components.values() for p in params}
+    assert clipped == {id(p) for p in trainer.params}

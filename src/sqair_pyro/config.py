@@ -123,7 +123,8 @@ class Config:
     rollback_nats: float | None = None
     max_rollbacks: int = 3
     baseline_lr: float = 1e-3  # NVIL baselines (objective "tracegraph" only)
-    # Learning-rate multipliers by component name (any segment of a parameter's path).
+    # Learning-rate multipliers by component name (any segment of a parameter's path); 0
+    # freezes, e.g. {"guide": 0} for a model-only phase against a fixed posterior.
     lr_multipliers: dict[str, float] = field(default_factory=dict)
     num_steps: int = 20000
     # Sequence-length curriculum: start with this many frames, add one every curriculum_every.
@@ -175,7 +176,8 @@ class Config:
             ("num_steps", self.num_steps >= 0, ">= 0"),
             ("max_rollbacks", self.max_rollbacks >= 0, ">= 0"),
             ("rollback_nats", self.rollback_nats is None or self.rollback_nats >= 0, ">= 0"),
-            ("lr_multipliers", all(v > 0 for v in self.lr_multipliers.values()), "> 0 each"),
+            ("lr_multipliers", all(v >= 0 for v in self.lr_multipliers.values()), ">= 0 each"),
+            ("baseline_lr", self.baseline_lr > 0, "> 0"),
             (
                 "where_scale_logit",
                 not isinstance(self.where_scale_logit, list | tuple)

@@ -7,6 +7,7 @@ the same way, or drives :class:`Trainer` one step at a time.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import csv
 import dataclasses
 import inspect
@@ -14,7 +15,8 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,24 +110,49 @@ def parameter_lr(config: Config, name: str) -> float:
 
     NVIL baselines (``.baseline.``) learn at ``baseline_lr`` (as in Pyro's AIR example); a
     parameter inside a component named in ``lr_multipliers`` (any path segment, e.g.
-    ``decoder``) at ``lr`` times its multiplier; the rest at ``lr``.
+    ``decoder``) at ``lr`` times its largest multiplier; the rest at ``lr``. A multiplier of 0
+    on any segment freezes the parameter (rate 0), e.g. ``{"guide": 0}`` trains the model
+    alone against a fixed posterior (NVIL baselines under a 0 freeze too).
     """
     path = f".{name}."
+    factors = [f for key, f in config.lr_multipliers.items() if f".{key}." in path]
+    if 0.0 in factors:
+        return 0.0
     if ".baseline." in path:
         return config.baseline_lr
-    factors = [f for key, f in config.lr_multipliers.items() if f".{key}." in path]
-    return config.lr * (max(factors) if factors else 1.0)
+    return config.lr * max(factors, default=1.0)
+
+
+@contextlib.contextmanager
+def quiet_frozen(active: bool) -> Iterator[None]:
+    """Inside the block, when ``active``, pyro.module's note that it skips a weight which does
+    not require gradients (a frozen one, as it should) is not shown for every weight."""
+    with warnings.catch_warnings():
+        if active:
+            warnings.filterwarnings("ignore", message=".*not registered in the param store")
+        yield
 
 
 def parameter_groups(config: Config, modules: dict[str, nn.Module]) -> list[dict[str, Any]]:
-    """Optimiser parameter groups, one per learning rate (see :func:`parameter_lr`)."""
-    by_lr: dict[float, list[nn.Parameter]] = {}
-    seen: set[int] = set()
+    """Optimiser parameter groups, one per learning rate (see :func:`parameter_lr`).
+
+    A weight shared by several modules (a VRNN's core, in model and guide) takes the rate of
+    the first name it is met under, unless any of its names freezes it. Frozen weights (rate
+    0) are in no group and stop requiring gradients (on the modules themselves, until another
+    call sets them again), so no backward pass reaches them.
+    """
+    rates: dict[int, tuple[nn.Parameter, list[float]]] = {}
     for prefix, module in modules.items():
-        for name, param in module.named_parameters(prefix=prefix):
-            if id(param) not in seen:
-                seen.add(id(param))
-                by_lr.setdefault(parameter_lr(config, name), []).append(param)
+        for name, param in module.named_parameters(prefix=prefix, remove_duplicate=False):
+            rates.setdefault(id(param), (param, []))[1].append(parameter_lr(config, name))
+    by_lr: dict[float, list[nn.Parameter]] = {}
+    for param, lrs in rates.values():
+        lr = 0.0 if 0.0 in lrs else lrs[0]
+        param.requires_grad_(lr > 0)
+        if lr > 0:
+            by_lr.setdefault(lr, []).append(param)
+    if not by_lr:
+        raise ValueError("lr_multipliers freeze every parameter: nothing would learn")
     return [{"params": params, "lr": lr} for lr, params in by_lr.items()]
 
 
@@ -326,6 +353,9 @@ class Trainer:
             pyro.set_rng_seed(config.seed + RANK_SEED_STRIDE * workers.rank)
         groups = parameter_groups(config, {"model": self.model, "guide": self.guide})
         self.params = [p for group in groups for p in group["params"]]
+        every = {id(p) for module in (self.model, self.guide) for p in module.parameters()}
+        #: Whether some weights are frozen (``lr_multipliers`` of 0).
+        self.frozen = len(self.params) < len(every)
         # Whose gradient is whose when model and guide learn from different objectives
         # (PIWAE): the modules' own parameters, a shared one counting as the model's.
         model_ids = {id(p) for p in self.model.parameters()}
@@ -333,11 +363,12 @@ class Trainer:
             [p for p in self.params if id(p) in model_ids],
             [p for p in self.params if id(p) not in model_ids],
         )
+        trainable = {id(p) for p in self.params}
         self.components = components(
-            [
-                *((f"model.{n}", p) for n, p in self.model.named_parameters()),
-                *((f"guide.{n}", p) for n, p in self.guide.named_parameters()),
-            ]
+            (f"{prefix}.{n}", p)
+            for prefix, module in (("model", self.model), ("guide", self.guide))
+            for n, p in module.named_parameters()
+            if id(p) in trainable
         )
         #: Times the run rolled back to its best checkpoint; each divides every rate by
         #: 1 / lr_decay.
@@ -356,12 +387,12 @@ class Trainer:
     def step(self, images: torch.Tensor, counts: torch.Tensor | None = None) -> dict[str, float]:
         """One SVI step on a batch; returns the bound per datum and the counting accuracy."""
         images = images.to(self.device)
-        with matmul_precision(self.config.mixed_precision, self.device):
+        with matmul_precision(self.config.mixed_precision, self.device), quiet_frozen(self.frozen):
             parts, loss = surrogate_losses(
                 self.elbo, self.model, self.capture, images, **self.phase()
             )
-        if len(parts) == len(self.owned):  # the model's loss, then the guide's
-            parts = [(part, own) for (part, _), own in zip(parts, self.owned, strict=True)]
+        if len(parts) == len(self.owned):  # the model's loss, then the guide's (unless frozen)
+            parts = [(part, own) for (part, _), own in zip(parts, self.owned, strict=True) if own]
         loss = self.workers.sum(loss) / self.workers.world  # the same on every process
         if not math.isfinite(loss):
             raise TrainingDivergedError(
@@ -458,14 +489,15 @@ class Trainer:
         for start in range(0, len(rows), batch_size):
             images, _ = batches.get(rows[start : start + batch_size], num_frames)
             images = images.to(self.device)
-            if isinstance(self.elbo, VIMCO_ELBO):
-                batch_iwae, batch_elbo = self.elbo.bounds(
-                    self.model, self.guide, images, **self.phase()
-                )
-                iwae, elbo = iwae + batch_iwae, elbo + batch_elbo
-            else:
-                iwae += -self.elbo.loss(self.model, self.guide, images, **self.phase())
-                elbo = math.nan
+            with quiet_frozen(self.frozen):
+                if isinstance(self.elbo, VIMCO_ELBO):
+                    batch_iwae, batch_elbo = self.elbo.bounds(
+                        self.model, self.guide, images, **self.phase()
+                    )
+                    iwae, elbo = iwae + batch_iwae, elbo + batch_elbo
+                else:
+                    iwae += -self.elbo.loss(self.model, self.guide, images, **self.phase())
+                    elbo = math.nan
         return self.workers.sum(iwae) / len(batches), self.workers.sum(elbo) / len(batches)
 
     def state(self, batches: SequenceBatches) -> dict[str, Any]:
