@@ -66,6 +66,14 @@ def load_programs(args: argparse.Namespace) -> tuple:
     return config, model, guide
 
 
+def write_report(report: dict, path: Path | None) -> None:
+    """Print a benchmark's report as JSON and, given a path, write it there too."""
+    print(json.dumps(report, indent=2))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n")
+
+
 def main() -> None:
     parser = checkpoint_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, default=8)

@@ -21,12 +21,11 @@ particle, not the best. This script draws ``K`` particles for each of the first
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 
 import torch
-from gradient_terms import checkpoint_parser, family, load_programs
+from gradient_terms import checkpoint_parser, family, load_programs, write_report
 
 from sqair_pyro.data import load_npz
 from sqair_pyro.train import SequenceBatches, make_objective, split_validation
@@ -87,10 +86,7 @@ def main() -> None:
         fewer = objects < objects.gather(0, best)
         report["frame0_failures"] = float(failed.float().mean())
         report["frame0_failures_with_fewer_objects"] = float((failed & fewer).float().mean())
-    print(json.dumps(report, indent=2))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(report, args.json)
 
 
 if __name__ == "__main__":

@@ -222,6 +222,8 @@ def test_more_bad_input_on_the_command_line(tmp_path, tiny_data, capsys):
         ({"num_steps": -3}, "num_steps must be >= 0"),
         ({"lr_multipliers": {"decoder": -1.0}}, "lr_multipliers must be >= 0 each"),
         ({"baseline_lr": 0.0}, "baseline_lr must be > 0"),
+        ({"kl_weights": {"z_what": 0.0}}, "kl_weights must be > 0 each"),
+        ({"kl_anneal_steps": -1}, "kl_anneal_steps must be >= 0"),
         ({"max_rollbacks": -1}, "max_rollbacks must be >= 0"),
         ({"where_scale_logit": [0.0, 1.0, 2.0]}, "where_scale_logit must be a number or two"),
         ({"objective": "tracegraph", "guide_objective": "elbo"}, "guide_objective must be iwae"),

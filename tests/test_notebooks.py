@@ -35,9 +35,10 @@ def test_notebook_is_committed_without_outputs(path):
     notebook = json.loads(path.read_text())
     assert notebook["nbformat"] == 4
     for number, cell in enumerate(notebook["cells"]):
+        where = f"{path.name}, cell {number}"
+        assert "id" in cell, f"{where} has no id (nbformat 4.5 needs one per cell)"
         if cell["cell_type"] != "code":
             continue
-        where = f"{path.name}, cell {number}"
         assert cell.get("outputs") == [], f"{where} has outputs: clear them before committing"
         assert cell.get("execution_count") is None, f"{where} has an execution count"
     assert "widgets" not in notebook.get("metadata", {}), f"{path.name} holds widget state"

@@ -1,5 +1,6 @@
 """Training: it learns something, resumes exactly, survives crashes, reports divergence."""
 
+import contextlib
 import csv
 import dataclasses
 import math
@@ -523,6 +524,42 @@ def test_piwae_changes_the_guides_gradient_only(tiny_data):
     )
     bound, average_elbo = trainer.validate(batches, 3, 4)
     assert math.isfinite(bound) and math.isfinite(average_elbo) and bound >= average_elbo
+
+
+def test_kl_weights_act_on_training_steps_only(tiny_data):
+    """``kl_weights={"z_what": 0.5}`` annealed over 4 steps: the step's weights are 0.5, 0.75
+    and 1 at steps 0, 2 and 4; a training step from the same weights and seed scores another
+    bound than an unweighted one (the handler is on), and validation gives the same numbers as
+    an unweighted trainer's (the bound itself)."""
+    import numpy as np
+    import pyro
+
+    images = torch.from_numpy(np.load(tiny_data / "train.npz")["images"][:4, :3]).float() / 255
+    batches = train_module.SequenceBatches(
+        {"images": np.load(tiny_data / "train.npz")["images"][:8]}, 3, 0
+    )
+    pyro.clear_param_store()
+    weighted = Trainer(small_config("mlp-sqair", kl_weights={"z_what": 0.5}, kl_anneal_steps=4))
+    plain = Trainer(small_config("mlp-sqair"))
+    plain.model.load_state_dict(weighted.model.state_dict())
+    plain.guide.load_state_dict(weighted.guide.state_dict())
+    schedule = []
+    for step in (0, 2, 4):
+        weighted.step_count = step
+        schedule.append(weighted.weighting().weights["z_what"])
+    assert schedule == pytest.approx([0.5, 0.75, 1.0])
+    assert isinstance(plain.weighting(), contextlib.nullcontext)
+    weighted.step_count = 0
+    validations = []
+    for trainer in (weighted, plain):
+        pyro.set_rng_seed(5)
+        validations.append(trainer.validate(batches, 3, 4))
+    assert validations[0] == pytest.approx(validations[1], rel=1e-6)
+    bounds = []
+    for trainer in (weighted, plain):
+        pyro.set_rng_seed(7)
+        bounds.append(trainer.step(images)["bound"])
+    assert abs(bounds[0] - bounds[1]) > 1e-3, bounds
 
 
 @pytest.mark.parametrize("guide_objective", ["iwae", "elbo"])

@@ -19,7 +19,7 @@ import torch
 from pyro.infer import SVI, RenyiELBO
 from pyro.optim import Adam
 
-from sqair_pyro.infer import VIMCO_ELBO
+from sqair_pyro.infer import VIMCO_ELBO, LatentWeights, annealed_weights
 
 N_SE = 4.0  # tolerance of the unbiasedness checks, in standard errors (per parameter)
 
@@ -181,10 +181,11 @@ def mix_guide(x, R):
         pyro.sample("y", dist.Normal(loc, ph[..., 3].exp()))
 
 
-def reference_mix_grad(K, M):
+def reference_mix_grad(K, M, beta=1.0):
     """Exact expectation over the 2^K discrete assignments of the particles, Monte Carlo over
     the reparameterised part with common random numbers eps (M, K, B). Each of the M draws
-    gets its own parameter copy, so the per-draw gradients give the reference's own error."""
+    gets its own parameter copy, so the per-draw gradients give the reference's own error.
+    ``beta`` weights the prior and posterior terms of y (a KL weight)."""
     theta = THETA_MIX.expand(M, 3).clone().requires_grad_()
     phi = PHI_MIX.expand(M, *PHI_MIX.shape).clone().requires_grad_()
     configs = torch.tensor(list(itertools.product(range(2), repeat=K)), dtype=torch.float)
@@ -196,10 +197,10 @@ def reference_mix_grad(K, M):
     q_scale = ph[..., 3].exp()
     y = q_loc + q_scale * eps
     log_qz = dist.Bernoulli(logits=ph[..., 0]).log_prob(z)
-    log_q = log_qz + dist.Normal(q_loc, q_scale).log_prob(y)
+    log_q = log_qz + beta * dist.Normal(q_loc, q_scale).log_prob(y)
     log_p = (
         dist.Bernoulli(logits=th[..., 0:1]).log_prob(z)
-        + dist.Normal(th[..., 1:2] + (th[..., 2:3] - th[..., 1:2]) * z, 1.0).log_prob(y)
+        + beta * dist.Normal(th[..., 1:2] + (th[..., 2:3] - th[..., 1:2]) * z, 1.0).log_prob(y)
         + dist.Normal(y, SIGMA_X).log_prob(X_MIX)
     )
     bound = torch.logsumexp(log_p - log_q, dim=2) - math.log(K)  # (C, M, B)
@@ -217,6 +218,64 @@ def test_mixed_gradient_unbiased():
     z = _z_scores(samples, ref, ref_se)
     print(f"mixed model: max |z| = {z.abs().max():.2f}")
     assert z.abs().max() < N_SE, (z, samples.mean(0), ref)
+
+
+# --------------------------------------------------------------------------------------------
+# KL weights of chosen latents (sqair_pyro.infer.latent_weights).
+
+
+def test_latent_weights_scale_both_terms_of_the_named_latents():
+    """Under ``LatentWeights({"y": 0.3})`` a particle's log weight is
+    ``log p(x | ...) + log p(z) - log q(z) + 0.3 [log p(y | z) - log q(y | z)]``, exactly, for
+    the same draws; the discrete z and the observed x are untouched."""
+    elbo = VIMCO_ELBO(num_particles=4, max_plate_nesting=2)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(3)
+    _, terms = elbo.log_weight_terms(mix_model, mix_guide, X_MIX, 2)
+    pyro.set_rng_seed(3)
+    with LatentWeights({"y": 0.3}):
+        weighted, _ = elbo.log_weights(mix_model, mix_guide, X_MIX, 2)
+    expected = (
+        terms["x", "p"]
+        + terms["z", "p"]
+        + terms["z", "q_discrete"]
+        + 0.3 * (terms["y", "p"] + terms["y", "q"])
+    )
+    torch.testing.assert_close(weighted, expected.reshape(weighted.shape), rtol=1e-6, atol=1e-5)
+    assert (terms["y", "p"] + terms["y", "q"]).abs().max() > 0.1  # the weight matters here
+
+
+def test_weighted_gradient_unbiased_for_the_weighted_objective():
+    """VIMCO under a KL weight on the reparameterised y estimates the gradient of
+    ``E[log mean_k exp(l_k)]`` with the weighted log weights, score-function term included."""
+    ref, ref_se = reference_mix_grad(K, M=20000, beta=0.4)
+    elbo = VIMCO_ELBO(num_particles=K, max_plate_nesting=2)
+    with LatentWeights({"y": 0.4}):
+        samples, names = _grad_samples(elbo, mix_model, mix_guide, X_MIX, 20000)
+    assert names == ["phi", "theta"]
+    z = _z_scores(samples, ref, ref_se)
+    unweighted, unweighted_se = reference_mix_grad(K, M=20000)
+    apart = (ref - unweighted).abs() / (ref_se**2 + unweighted_se**2).sqrt()
+    print(f"weighted: max |z| = {z.abs().max():.2f}; weighting moves it by {apart.max():.1f} SE")
+    assert z.abs().max() < N_SE, (z, samples.mean(0), ref)
+    assert apart.max() > 3 * N_SE  # the check could tell the weighted gradient from the plain
+
+
+def test_latent_weights_refuse_discrete_and_non_positive():
+    elbo = VIMCO_ELBO(num_particles=2, max_plate_nesting=2)
+    with pytest.raises(ValueError, match="not reparameterised"), LatentWeights({"z": 0.5}):
+        elbo.log_weights(mix_model, mix_guide, X_MIX, 1)
+    for weight in (0.0, -1.0, math.nan):
+        with pytest.raises(ValueError, match="must be positive"):
+            LatentWeights({"y": weight})
+
+
+def test_annealed_weights_rise_linearly_to_one():
+    assert annealed_weights({"a": 0.2}, 0, 100) == {"a": pytest.approx(0.2)}
+    assert annealed_weights({"a": 0.2}, 50, 100) == {"a": pytest.approx(0.6)}
+    assert annealed_weights({"a": 0.2, "b": 2.0}, 100, 100) == {"a": 1.0, "b": 1.0}
+    assert annealed_weights({"a": 0.2}, 500, 100) == {"a": 1.0}
+    assert annealed_weights({"a": 0.2}, 500, 0) == {"a": 0.2}  # constant
 
 
 # --------------------------------------------------------------------------------------------

@@ -126,6 +126,13 @@ class Config:
     # Learning-rate multipliers by component name (any segment of a parameter's path); 0
     # freezes, e.g. {"guide": 0} for a model-only phase against a fixed posterior.
     lr_multipliers: dict[str, float] = field(default_factory=dict)
+    # Weights of the KL terms (prior and posterior log densities) of latents by site-name
+    # prefix, e.g. {"z_what": 0.5}, in training steps only (validation and evaluation use the
+    # bound; the training log's "bound" is the weighted objective); each rises linearly to 1
+    # over kl_anneal_steps (0: constant).
+    # sqair_pyro.infer.latent_weights.
+    kl_weights: dict[str, float] = field(default_factory=dict)
+    kl_anneal_steps: int = 0
     num_steps: int = 20000
     # Sequence-length curriculum: start with this many frames, add one every curriculum_every.
     curriculum_start: int = 3
@@ -177,6 +184,8 @@ class Config:
             ("max_rollbacks", self.max_rollbacks >= 0, ">= 0"),
             ("rollback_nats", self.rollback_nats is None or self.rollback_nats >= 0, ">= 0"),
             ("lr_multipliers", all(v >= 0 for v in self.lr_multipliers.values()), ">= 0 each"),
+            ("kl_weights", all(v > 0 for v in self.kl_weights.values()), "> 0 each"),
+            ("kl_anneal_steps", self.kl_anneal_steps >= 0, ">= 0"),
             ("baseline_lr", self.baseline_lr > 0, "> 0"),
             (
                 "where_scale_logit",

@@ -39,7 +39,7 @@ from sqair_pyro.distributed import (
     finish,
     setup,
 )
-from sqair_pyro.infer import VIMCO_ELBO
+from sqair_pyro.infer import VIMCO_ELBO, LatentWeights, annealed_weights
 from sqair_pyro.infer.vimco import backward_parts
 from sqair_pyro.nn.precision import keep_float32_outputs, matmul_precision
 from sqair_pyro.optim import clip_by_component, components
@@ -387,7 +387,11 @@ class Trainer:
     def step(self, images: torch.Tensor, counts: torch.Tensor | None = None) -> dict[str, float]:
         """One SVI step on a batch; returns the bound per datum and the counting accuracy."""
         images = images.to(self.device)
-        with matmul_precision(self.config.mixed_precision, self.device), quiet_frozen(self.frozen):
+        with (
+            matmul_precision(self.config.mixed_precision, self.device),
+            quiet_frozen(self.frozen),
+            self.weighting(),
+        ):
             parts, loss = surrogate_losses(
                 self.elbo, self.model, self.capture, images, **self.phase()
             )
@@ -425,6 +429,16 @@ class Trainer:
             "clipped": clipped,
             "lr": self.config.lr * self.lr_factor() * self.config.lr_decay**self.rollbacks,
         }
+
+    def weighting(self) -> contextlib.AbstractContextManager:
+        """The KL weights of this step (``config.kl_weights`` annealed over
+        ``kl_anneal_steps``) as a handler around the model and the guide; validation runs
+        without it, on the bound itself."""
+        if not self.config.kl_weights:
+            return contextlib.nullcontext()
+        return LatentWeights(
+            annealed_weights(self.config.kl_weights, self.step_count, self.config.kl_anneal_steps)
+        )
 
     def phase(self) -> dict[str, bool]:
         """The training phase, as keyword arguments of the model and the guide: during the
@@ -486,10 +500,10 @@ class Trainer:
         are combined."""
         iwae = elbo = 0.0
         rows = np.arange(len(batches))[self.workers.shard(len(batches))]
-        for start in range(0, len(rows), batch_size):
-            images, _ = batches.get(rows[start : start + batch_size], num_frames)
-            images = images.to(self.device)
-            with quiet_frozen(self.frozen):
+        with quiet_frozen(self.frozen):
+            for start in range(0, len(rows), batch_size):
+                images, _ = batches.get(rows[start : start + batch_size], num_frames)
+                images = images.to(self.device)
                 if isinstance(self.elbo, VIMCO_ELBO):
                     batch_iwae, batch_elbo = self.elbo.bounds(
                         self.model, self.guide, images, **self.phase()

@@ -379,28 +379,31 @@ class VIMCO_ELBO(ELBO):
     # ------------------------------------------------------------- estimator
 
     @staticmethod
-    def _others_mean(log_w: torch.Tensor) -> torch.Tensor:
-        """``(K, 1, ...)`` for ``K`` particles ``(K, ...)``: :math:`\\bar l_{-k}`, the mean of the
-        other particles' log weights (summed with particle k masked out rather than
-        subtracted, so a -inf weight gives no nan in the others' means)."""
+    def _leave_one_out(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For ``K`` particles ``(K, ...)``: the mask ``eye[k, j] = (j == k)`` and the view
+        ``others[k, j] = l_j``, both ``(K, K, ...)``."""
         K = log_w.size(0)
         eye = torch.eye(K, dtype=torch.bool, device=log_w.device)
         eye = eye.reshape((K, K) + (1,) * (log_w.dim() - 1))
-        others = log_w.unsqueeze(0).expand((K,) + log_w.shape)  # others[k, j] = l_j
-        return torch.where(eye, 0.0, others).sum(1, keepdim=True) / (K - 1)
+        return eye, log_w.unsqueeze(0).expand((K,) + log_w.shape)
+
+    @classmethod
+    def _others_mean(cls, log_w: torch.Tensor) -> torch.Tensor:
+        """``(K, 1, ...)`` for ``K`` particles ``(K, ...)``: :math:`\\bar l_{-k}`, the mean of the
+        other particles' log weights (summed with particle k masked out rather than
+        subtracted, so a -inf weight gives no nan in the others' means)."""
+        eye, others = cls._leave_one_out(log_w)
+        return torch.where(eye, 0.0, others).sum(1, keepdim=True) / (log_w.size(0) - 1)
 
     def _learning_signal(self, log_w: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
         """The (constant) learning signal of each particle's non-reparameterised log q,
         ``(K, ...)``: :math:`\\mathcal{L} - \\mathcal{L}_{-k}` (VIMCO) or :math:`\\mathcal{L}`."""
         if not self.control_variate:
             return bound.expand_as(log_w)
-        K = log_w.size(0)
-        eye = torch.eye(K, dtype=torch.bool, device=log_w.device)
-        eye = eye.reshape((K, K) + (1,) * (log_w.dim() - 1))
-        others = log_w.unsqueeze(0).expand((K,) + log_w.shape)  # others[k, j] = l_j
+        eye, others = self._leave_one_out(log_w)
         # loo[k, j] = l_j for j != k and the geometric-mean stand-in for j == k.
         loo = torch.where(eye, self._others_mean(log_w), others)
-        bound_minus_k = torch.logsumexp(loo, dim=1) - math.log(K)
+        bound_minus_k = torch.logsumexp(loo, dim=1) - math.log(log_w.size(0))
         return bound - bound_minus_k
 
     def _elbo_signal(self, log_w: torch.Tensor) -> torch.Tensor:
