@@ -240,6 +240,28 @@ def test_propagation_warmup_discovers_only_in_the_first_frame():
     assert Trainer(small_config("mlp-air")).phase() == {}  # no phase: no arguments
 
 
+def test_validation_scores_the_whole_model_during_the_propagation_warmup(tiny_data):
+    """A validation during the warm-up equals one after it (same weights, same seed): it
+    scores discovery in every frame, so a run's validations compare across the warm-up's end
+    (before, a warm-up best of the phase's own bound made every later validation look like a
+    fall and rolled the run back)."""
+    import numpy as np
+    import pyro
+
+    batches = train_module.SequenceBatches(
+        {"images": np.load(tiny_data / "train.npz")["images"][:8]}, 3, 0
+    )
+    config = small_config("mlp-sqair", propagation_warmup_steps=10, discovery_prior="categorical")
+    trainer = Trainer(config)
+    values = []
+    for step in (0, 10):  # in the warm-up, then after it
+        trainer.step_count = step
+        pyro.set_rng_seed(3)
+        values.append(trainer.validate(batches, 3, 4))
+    assert trainer.phase() == {"discover_after_first_frame": True}
+    assert values[0] == pytest.approx(values[1], rel=1e-6)
+
+
 def test_a_step_keeps_no_autograd_graph_alive():
     """The latents kept for the step's metrics are detached: holding the step's graph until
     the next step's forward made long sequences cost more per frame (issue 7)."""
@@ -261,10 +283,11 @@ def test_group_clipping_trains_and_is_checked(tiny_data, tmp_path):
         config.replace(clip="sometimes")
 
 
-def _falling_run(tiny_data, out, monkeypatch, **changes):
-    """Train with validations 100, 50, 40, 30 (each fall over rollback_nats=10, at most two
-    rollbacks); returns each rollback's (model weights, learning rates) right after it."""
-    values = iter([100.0, 50.0, 40.0, 30.0])
+def _falling_run(tiny_data, out, monkeypatch, values=(100.0, 50.0, 40.0, 30.0), **changes):
+    """Train with validations ``values`` (by default 100, 50, 40, 30: each fall over
+    rollback_nats=10, at most two rollbacks); returns each rollback's (model weights, learning
+    rates, step) right after it."""
+    values = iter(values)
     monkeypatch.setattr(Trainer, "validate", lambda self, *a, **k: (next(values), math.nan))
     restored = []
     original = Trainer.roll_back
@@ -272,7 +295,8 @@ def _falling_run(tiny_data, out, monkeypatch, **changes):
     def spy(self, path, batches):
         original(self, path, batches)
         weights = {k: v.clone() for k, v in self.model.state_dict().items()}
-        restored.append((weights, [g["lr"] for g in self.optimizer.param_groups]))
+        lrs = [g["lr"] for g in self.optimizer.param_groups]
+        restored.append((weights, lrs, self.step_count))
 
     monkeypatch.setattr(Trainer, "roll_back", spy)
     config = small_config(
@@ -297,7 +321,7 @@ def test_a_fall_of_the_validation_bound_rolls_back_to_the_best(tiny_data, tmp_pa
     best = read_checkpoint(tmp_path / "best.pt")
     assert best["step"] == 1
     assert len(restored) == 2
-    for weights, _ in restored:
+    for weights, *_ in restored:
         for key, value in best["model"].items():
             assert torch.equal(weights[key], value), key
     assert restored[0][1] == pytest.approx([5e-4]) and restored[1][1] == pytest.approx([2.5e-4])
@@ -306,6 +330,19 @@ def test_a_fall_of_the_validation_bound_rolls_back_to_the_best(tiny_data, tmp_pa
     # A resume keeps the lowered rates.
     rates, _ = _restored_rates(config, tmp_path / "last.pt", tiny_data)
     assert rates == pytest.approx([2.5e-4])
+
+
+def test_no_rollback_during_the_propagation_warmup(tiny_data, tmp_path, monkeypatch):
+    """With a 3-step warm-up, validations 100, 50 (a fall, but in the warm-up: no rollback),
+    then 40 at the warm-up's last step (best.pt restarts there), 20 and 19 (falls: two
+    rollbacks to step 3's state) and 10 (the third fall stops the run)."""
+    values = (100.0, 50.0, 40.0, 20.0, 19.0, 10.0)
+    _, restored = _falling_run(
+        tiny_data, tmp_path, monkeypatch, values, checkpoint_every=1, propagation_warmup_steps=3
+    )
+    assert read_checkpoint(tmp_path / "best.pt")["step"] == 3
+    assert [step for *_, step in restored] == [4, 5]
+    assert read_checkpoint(tmp_path / "last.pt")["step"] == 6
 
 
 def test_sigint_and_sigterm_save_the_current_step_and_exit_cleanly(tiny_data, tmp_path):
@@ -412,7 +449,8 @@ def test_a_rollback_keeps_the_milestones_passed_since_the_best(tiny_data, tmp_pa
     """Best at step 1, a milestone at step 2, falls at steps 2 and 3: the rates after each
     rollback carry the milestone's factor and one lr_decay per rollback."""
     _, restored = _falling_run(tiny_data, tmp_path, monkeypatch, lr_decay_steps=[2])
-    assert [rates for _, rates in restored] == [pytest.approx([2.5e-4]), pytest.approx([1.25e-4])]
+    expected = [pytest.approx([2.5e-4]), pytest.approx([1.25e-4])]
+    assert [rates for _, rates, _ in restored] == expected
 
 
 def test_a_corrupt_or_truncated_checkpoint_is_one_clear_error(tiny_data, tmp_path):

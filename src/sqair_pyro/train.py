@@ -449,6 +449,14 @@ class Trainer:
             "discover_after_first_frame": self.step_count >= self.config.propagation_warmup_steps
         }
 
+    def warming_up(self) -> bool:
+        """Whether the propagation warm-up is still on after the steps taken so far. The
+        warm-up trains a part of the model (discovery in the first frame only), so the whole
+        model's validation bound may fall while it runs, as it is meant to: the loop neither
+        rolls back nor counts towards early stopping then, and ranks only the validations
+        from the warm-up's last step on (``best.pt`` restarts there)."""
+        return self.step_count < self.config.propagation_warmup_steps
+
     def clip_gradients(self) -> tuple[float, float]:
         """Clip as ``config.clip`` says; returns the norm before clipping and the fraction of
         components clipped (1 or 0 for the global clip)."""
@@ -497,7 +505,9 @@ class Trainer:
         """The IWAE bound per datum (the training objective's value) on a whole split, and the
         average single-particle ELBO of the same particles (NaN for an objective without
         particles); under data-parallel training each process takes its shard and the sums
-        are combined."""
+        are combined. Always of the whole model, whatever the training phase (discovery in
+        every frame during the propagation warm-up too), so that the log's validations
+        compare across the run; see :meth:`warming_up` for how the loop ranks them."""
         iwae = elbo = 0.0
         rows = np.arange(len(batches))[self.workers.shard(len(batches))]
         with quiet_frozen(self.frozen):
@@ -505,12 +515,10 @@ class Trainer:
                 images, _ = batches.get(rows[start : start + batch_size], num_frames)
                 images = images.to(self.device)
                 if isinstance(self.elbo, VIMCO_ELBO):
-                    batch_iwae, batch_elbo = self.elbo.bounds(
-                        self.model, self.guide, images, **self.phase()
-                    )
+                    batch_iwae, batch_elbo = self.elbo.bounds(self.model, self.guide, images)
                     iwae, elbo = iwae + batch_iwae, elbo + batch_elbo
                 else:
-                    iwae += -self.elbo.loss(self.model, self.guide, images, **self.phase())
+                    iwae += -self.elbo.loss(self.model, self.guide, images)
                     elbo = math.nan
         return self.workers.sum(iwae) / len(batches), self.workers.sum(elbo) / len(batches)
 
@@ -801,6 +809,9 @@ def _loop(
             running[key] = value if key not in running else 0.95 * running[key] + 0.05 * value
         bar.update(1)
         step = trainer.step_count
+        if step == config.propagation_warmup_steps:  # the warm-up's last step: rank anew
+            trainer.best_validation = -math.inf
+            trainer.validations_without_improvement = 0
         if step % config.log_every == 0:
             bar.set_postfix(
                 bound=f"{running['bound']:.1f}", acc=f"{running['counting_accuracy']:.3f}"
@@ -817,6 +828,8 @@ def _loop(
                 trainer.best_validation = value
                 trainer.validations_without_improvement = 0
                 trainer.save(best, batches)
+            elif trainer.warming_up():
+                pass
             elif diverged(config, value, trainer.best_validation) and best.exists():
                 if trainer.rollbacks >= config.max_rollbacks:
                     say(
