@@ -85,6 +85,7 @@ class DiscoveryRNN(nn.Module):
         num_free: torch.Tensor | None,
         site: Callable[[str, int], str],
         extra: torch.Tensor | None = None,
+        found: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Discover up to ``N`` objects in ``image`` (..., H, W).
 
@@ -93,6 +94,9 @@ class DiscoveryRNN(nn.Module):
         :param site: the sample-site name of a latent ``kind`` in slot ``i``.
         :param extra: (..., E) more conditioning, e.g. SQAIR's summary ``l_t`` of the
             propagated objects (Eq. 6); None for AIR.
+        :param found: objects already in the frame (``z_pres``, ``z_where``, ``z_what`` of
+            shape (..., N, ·), present ones in any slots): the RNN first steps over them as
+            over objects it had found itself (:meth:`step_over`); None: none.
         :returns: the stacked latents (..., N, ·) and ``features``, the glimpse encodings.
         """
         batch = context.shape[:-1]
@@ -100,6 +104,8 @@ class DiscoveryRNN(nn.Module):
         z_what = context.new_zeros(*batch, self.z_what_dim)
         z_where = context.new_zeros(*batch, 4)
         z_pres = context.new_ones(*batch, 1)
+        if found is not None:
+            h, z_what, z_where = self.step_over(found, context, extra, h, z_what, z_where)
         latents = SlotStack()
         for i in range(self.max_objects):
             # Slot i may hold a new object only where slot i - 1 did and, with num_free, only
@@ -139,6 +145,35 @@ class DiscoveryRNN(nn.Module):
             features = rows.scatter(features)
             latents.append(z_pres=z_pres, z_where=z_where, z_what=z_what, features=features)
         return latents.stacked()
+
+    def step_over(
+        self,
+        found: dict[str, torch.Tensor],
+        context: torch.Tensor,
+        extra: torch.Tensor | None,
+        h: torch.Tensor,
+        z_what: torch.Tensor,
+        z_where: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The RNN's state after the objects ``found`` as if it had discovered them: for each
+        present one, the step that would have decided it, with its latents as the next
+        step's previous object; returns ``(h, z_what, z_where)``.
+
+        A departure from the paper, whose discovery learns of the propagated objects only
+        through the summary ``l_t`` (Eq. 6): started from an AIR, that summary is untrained,
+        and the AIR's RNN, which knows not to find an object twice within a frame, found
+        the propagated walkers again (docs/results.md, "Pedestrians, session 14").
+        """
+        one = context.new_ones(*context.shape[:-1], 1)
+        for k in range(found["z_pres"].shape[-2]):
+            present = found["z_pres"][..., k, :].bool()  # (..., 1)
+            rows = Rows(present[..., 0])
+            inputs = [context, z_what, z_where, one] + ([] if extra is None else [extra])
+            stepped = self.rnn(bcat([rows.gather(x) for x in inputs]), rows.gather(h))
+            h = torch.where(present, rows.scatter(stepped), h)
+            z_what = torch.where(present, found["z_what"][..., k, :], z_what)
+            z_where = torch.where(present, found["z_where"][..., k, :], z_where)
+        return h, z_what, z_where
 
 
 class AIRGuide(nn.Module):

@@ -112,8 +112,13 @@ class SQAIRGuide(nn.Module):
         max_objects: int,
         z_what_dim: int,
         hidden: int,
+        step_over_propagated: bool = False,
     ) -> None:
+        """``step_over_propagated``: discovery's RNN first steps over the propagated objects
+        (:meth:`DiscoveryRNN.step_over`, a departure from the paper) as well as reading their
+        summary (Eq. 6)."""
         super().__init__()
+        self.step_over_propagated = step_over_propagated
         self.image_encoder = image_encoder
         self.propagation = propagation
         self.discovery = discovery
@@ -234,4 +239,5 @@ class SQAIRGuide(nn.Module):
             num_free,
             lambda kind, i: f"{kind}_disc_{t}_{i}",
             extra=summary,
+            found=propagated if self.step_over_propagated and t > 0 else None,
         )

@@ -255,3 +255,37 @@ def test_the_discovery_where_prior_may_be_shaped_per_axis():
     torch.testing.assert_close(loc, torch.tensor([-1.4, -0.2, 0.0, 0.0]))
     square, _ = build(preset("conv-sqair-pedestrians", where_scale_logit=-0.5))
     torch.testing.assert_close(square.what_where_prior.where_loc[:2], torch.tensor([-0.5, -0.5]))
+
+
+def test_discovery_steps_over_found_objects_as_over_its_own():
+    """``DiscoveryRNN.step_over``: after stepping over objects found elsewhere (in any slots,
+    with gaps), the RNN decides the next object exactly as after finding them itself."""
+    pyro.set_rng_seed(0)
+    config = preset("mlp-sqair", hidden=32, z_what_dim=8, init_from=None)
+    guide = build(config)[1]
+    discovery = guide.discovery
+    images = torch.rand(4, 50, 50)
+    context, extra = guide.image_encoder(images), torch.rand(4, 32)
+
+    def site(kind: str, i: int) -> str:
+        return f"{kind}_{i}"
+
+    on = {f"z_pres_{i}": torch.ones(4, 1) for i in range(2)}
+    air = poutine.trace(poutine.condition(discovery, on)).get_trace(
+        images, context, None, site, extra
+    )
+    latents = {k: air.nodes["_RETURN"]["value"][k] for k in ("z_pres", "z_where", "z_what")}
+    # The two found objects in slots 0 and 2, slot 1 empty (an object that vanished).
+    found = {k: v.clone() for k, v in latents.items()}
+    for k in found:
+        found[k][:, 2], found[k][:, 1] = latents[k][:, 1], 0
+    found["z_pres"][:, 2] = 1
+    after = poutine.trace(discovery).get_trace(
+        images, context, torch.full((4,), 1), site, extra, found
+    )
+
+    def probs(trace, name):
+        return trace.nodes[name]["fn"].base_dist.probs
+
+    torch.testing.assert_close(probs(after, "z_pres_0"), probs(air, "z_pres_2"))
+    assert not torch.allclose(probs(after, "z_pres_0"), probs(air, "z_pres_0"))

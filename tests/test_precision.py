@@ -13,8 +13,8 @@ from sqair_pyro.nn.spatial_transformer import glimpse, place
 from sqair_pyro.train import make_objective
 
 
-def _setup(tiny_data):
-    config = small_config("mlp-sqair", hidden=64, z_what_dim=16)
+def _setup(tiny_data, name="mlp-sqair"):
+    config = small_config(name, hidden=64, z_what_dim=16)
     model, guide = build(config)
     keep_float32_outputs(model, guide)
     images = torch.from_numpy(load_npz(tiny_data / "test.npz")["images"][:8, :3]).float() / 255
@@ -64,6 +64,38 @@ def test_log_weights_of_the_same_latents_match_float32(tiny_data):
     high, low = log_w(False), log_w(True)
     assert low.dtype == torch.float32
     assert (low - high).abs().max() < 0.1, (low - high).abs().max()
+
+
+def test_the_subpixel_decoder_rounds_little(tiny_data):
+    """CONV-SQAIR's decoder runs its hidden layers in bfloat16 and its output layer in float32:
+    on the same z_what its glimpses differ from float32's by under 0.01 (the likelihood's sd
+    is 0.3), with less than half the mean error of an output layer in bfloat16 too, and on the
+    same latents every log weight (about a thousand nats here) differs by under 1 nat."""
+    config, model, guide, images = _setup(tiny_data, "conv-sqair")
+    decoder = model.likelihood.decoder
+    z_what = torch.randn(64, config.z_what_dim, generator=torch.Generator().manual_seed(0))
+    maps = decoder.fc(z_what).reshape(64, -1, *decoder.start)
+    exact = decoder(z_what)
+    with matmul_precision(True):
+        low = decoder(z_what)
+        all_low = torch.sigmoid(decoder.net(maps) + decoder.output_bias)[:, 0]
+    assert low.dtype == all_low.dtype == torch.float32
+    error, all_low_error = (low - exact).abs(), (all_low - exact).abs()
+    print(
+        f"glimpse error {error.max():.2e} / {error.mean():.2e}, all bfloat16 "
+        f"{all_low_error.max():.2e} / {all_low_error.mean():.2e}"
+    )
+    assert error.max() < 0.01
+    assert error.mean() < all_low_error.mean() / 2
+    elbo = make_objective(config)
+    pyro.set_rng_seed(1)
+    _, guide_trace = elbo._traces(model, guide, (images,), {})
+    fixed = poutine.replay(guide, trace=guide_trace)
+    with torch.no_grad():
+        high = elbo.log_weights(model, fixed, images)[0]
+        with matmul_precision(True):
+            gap = elbo.log_weights(model, fixed, images)[0] - high
+    assert gap.abs().max() < 1.0, gap
 
 
 def test_mean_gradient_matches_float32(tiny_data):

@@ -227,7 +227,13 @@ def sqair_guide(config: Config, image_encoder: nn.Module, glimpse_encoder: nn.Mo
         discovery.baseline = baseline_network(config)
         propagation.baseline = baseline_network(config)
     return SQAIRGuide(
-        image_encoder, propagation, discovery, config.max_objects, config.z_what_dim, hidden
+        image_encoder,
+        propagation,
+        discovery,
+        config.max_objects,
+        config.z_what_dim,
+        hidden,
+        step_over_propagated=config.discovery_steps_over_propagated,
     )
 
 

@@ -97,6 +97,9 @@ class Config:
     survive_bias: float = 10.0
     propagation_pres_bias: float = 5.0
     discovery_pres_bias: float = 1.0
+    # SQAIR's discovery RNN first steps over the propagated objects as over objects it found
+    # itself (guides/air.py, DiscoveryRNN.step_over): a departure from the paper (Eq. 6 only).
+    discovery_steps_over_propagated: bool = False
     # Posterior scale offsets (softplus(raw + offset)): small initial variance, as in the
     # authors' original implementation.
     what_scale_offset: float = 0.0
@@ -258,7 +261,13 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "where_scale_logit", "where_scale_sd", "where_shift_sd", "survive_bias",
         "propagation_prior", "likelihood",
     ),
-    "guide": ("guide", "propagation_pres_bias", "discovery_pres_bias", "what_scale_offset"),
+    "guide": (
+        "guide",
+        "propagation_pres_bias",
+        "discovery_pres_bias",
+        "discovery_steps_over_propagated",
+        "what_scale_offset",
+    ),
 }  # fmt: skip
 #: Fields named otherwise inside their section: the model's and the guide's component is the
 #: section's name.

@@ -5,10 +5,13 @@ layers run in bfloat16 (measured on this machine's CPU: a 2048x2048 product 4.5x
 float32). :func:`keep_float32_outputs` casts every such layer's output back to float32 at once,
 so activations, distribution parameters, samples, densities, log-weights and their logsumexp
 are float32 as before: bfloat16 has 8 bits of mantissa, and a bound of thousands of nats
-cannot be formed in it. The spatial transformer, the glimpse decoders and the heads that output
-distribution parameters run in float32 (:func:`full_precision`), and ``VIMCO_ELBO`` forms
-every density with autocast off (:func:`float32_densities`), so log p(x | z) of given latents
-is the float32 value.
+cannot be formed in it. The spatial transformer, the MLP glimpse decoder, the subpixel
+decoder's output layer and the heads that output distribution parameters run in float32
+(:func:`full_precision`), and ``VIMCO_ELBO`` forms every density with autocast off
+(:func:`float32_densities`). With MLP decoders log p(x | z) of given latents is then the
+float32 value; the subpixel decoder's glimpses carry the rounding of its bfloat16 hidden
+layers, a few nats of a 5-frame pedestrian sequence's log weight (docs/results.md, "Mixed
+precision").
 """
 
 from __future__ import annotations
