@@ -144,6 +144,9 @@ CASES = [
     ("--import empty", lambda p: _train(p, "--import", ""), "needs a module name", 1),
     # Ranges argparse checks (exit status 2).
     ("train --steps 0", lambda p: _train(p, "--steps", "0"), "must be a positive integer", 2),
+    ("show --observed 0", lambda p: ["show", "--checkpoint", str(p["ckpt"]), "--data",
+     str(p["test"]), "--out", str(p["root"] / "sh"), "--observed", "0"],
+     "must be a positive integer", 2),
     ("seed too large", lambda p: _train(p, "--seed", "99999999999999999999"), "must be 0 to", 2),
     ("negative seed", lambda p: ["make-data", "--out", "x", "--seed", "-5"], "--seed", 2),
     ("IoU threshold -1", lambda p: [*_ev(p), "--iou-threshold", "-1"], "must be in (0, 1]", 2),

@@ -29,14 +29,17 @@ def test_export_keeps_weights_drops_optimiser(tiny_data, tmp_path, monkeypatch):
         pretrained.load_pretrained("no-such-model")
 
 
-def test_mlp_sqair_preset_starts_from_the_shipped_air():
-    """The preset's recipe: warm start from the shipped MLP-AIR by name."""
+@pytest.mark.parametrize(
+    ("name", "air"), [("mlp-sqair", "mlp-air"), ("conv-sqair-pedestrians", "conv-air-pedestrians")]
+)
+def test_sqair_presets_start_from_the_shipped_air(name, air):
+    """The presets' recipe: warm start from the shipped AIR by name."""
     from sqair_pyro.config import preset
     from sqair_pyro.train import Trainer
 
-    trainer = Trainer(preset("mlp-sqair"))
+    trainer = Trainer(preset(name))
     assert "guide.discovery.rnn.weight_ih" in trainer.initialised
-    _, air_model, _ = pretrained.load_pretrained("mlp-air")
+    _, air_model, _ = pretrained.load_pretrained(air)
     decoder = trainer.model.likelihood.decoder.net[0].weight
     assert torch.equal(decoder, air_model.likelihood.decoder.net[0].weight)
 

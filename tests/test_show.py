@@ -113,6 +113,21 @@ def test_figure_data_is_deterministic_for_a_seed_and_consistent(arrays):
         assert [k for k, _, _ in objects] == sorted(set(ids[ids >= 0].tolist()))[:6]
 
 
+def test_conditional_generation_sees_the_frames_asked_for(arrays):
+    """``num_observed`` (``show --observed``): the imagined futures reconstruct that many
+    frames, and with as many frames as the data has there is nothing to imagine."""
+    config, model, guide = tiny("mlp-sqair")
+    num_frames = arrays["images"].shape[1]
+    seen = num_frames - 1
+    cond = figure_data(model, guide, config, arrays, 2, 0, num_observed=seen)["conditional"]
+    assert cond["num_observed"] == seen
+    assert cond["canvas"].shape[2] == num_frames
+    assert (
+        figure_data(model, guide, config, arrays, 2, 0, num_observed=num_frames)["conditional"]
+        is None
+    )
+
+
 def test_glimpses_follow_each_identity_across_slots():
     config, model, _ = tiny("mlp-sqair")
     # One sequence, three frames, two slots: id 5 moves from slot 0 to slot 1, id 7 appears.

@@ -212,6 +212,7 @@ def cmd_show(args: argparse.Namespace) -> None:
         seed=args.seed,
         run_dir=args.run,
         device=args.device,
+        num_observed=args.observed,
     )
     print(f"{len(paths)} figures written to {args.out}")
 
@@ -614,6 +615,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument(
         "--run", type=Path, help="run directory with metrics.csv (default: the checkpoint's)"
+    )
+    p.add_argument(
+        "--observed",
+        type=_positive,
+        default=3,
+        help="frames the conditional generation sees before it imagines the rest",
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument(

@@ -312,25 +312,47 @@ SQAIR_RECIPE: dict[str, Any] = dict(
     propagation_warmup_steps=2000,
 )
 
-#: The pedestrian model (App. E) on real-video crops (``sqair-pyro make-data --video``): 64x64
-#: crops, 28x12 glimpses for the aspect of a walking person, 128-unit layers, a curriculum
-#: from 3 to 5 frames; otherwise the MLP-SQAIR recipe without its AIR warm start.
-PEDESTRIAN_RECIPE: dict[str, Any] = dict(
+#: The pedestrian networks (App. E): 64x64 crops, 28x12 glimpses for the aspect of a walking
+#: person, 128-unit layers.
+PEDESTRIAN_NETWORKS: dict[str, Any] = dict(
+    encoder="conv_pedestrians", hidden=128, image_size=(64, 64), glimpse_size=(28, 12)
+)
+
+#: Both pedestrian programs learn their presence decisions at the appearance pathway's 10x:
+#: at the base rate AIR kept every slot on with objects that draw nothing, although the bound
+#: and its gradient wanted them off (docs/results.md, "Pedestrians, session 13").
+PEDESTRIAN_RATES: dict[str, float] = {**CPU_RECIPE["lr_multipliers"], "pres_head": 10.0}
+
+#: The pedestrian AIR (run pedF): single frames, the CPU recipe's geometric count prior.
+PEDESTRIAN_AIR_RECIPE: dict[str, Any] = dict(
     CPU_RECIPE,
-    encoder="conv_pedestrians",
-    hidden=128,
-    image_size=(64, 64),
-    glimpse_size=(28, 12),
+    **PEDESTRIAN_NETWORKS,
+    model="air",
+    num_frames=1,
+    curriculum_start=1,
+    lr_multipliers=PEDESTRIAN_RATES,
+)
+
+#: The pedestrian SQAIR (App. E; runs pedK and pedL): the MLP-SQAIR recipe from the shipped
+#: pedestrian AIR, a curriculum from 3 to 5 frames, and a discovery RNN that steps over the
+#: propagated objects, without which the AIR's discovery finds every walker again in the
+#: second frame and fills the slots (docs/results.md, "Pedestrians, session 14").
+PEDESTRIAN_RECIPE: dict[str, Any] = dict(
+    SQAIR_RECIPE,
+    **PEDESTRIAN_NETWORKS,
+    init_from="pretrained:conv-air-pedestrians",
     num_frames=5,
     curriculum_start=3,
-    discovery_prior="categorical",
-    categorical_init_rho=0.01,
+    propagation_warmup_steps=500,
+    discovery_steps_over_propagated=True,
+    lr_multipliers=PEDESTRIAN_RATES,
 )
 
 PRESETS: dict[str, Config] = {
     "mlp-sqair": Config(**SQAIR_RECIPE),
     "conv-sqair": Config(encoder="conv", hidden=128, **CPU_RECIPE),
     "mlp-air": Config(model="air", num_frames=1, curriculum_start=1, **CPU_RECIPE),
+    "conv-air-pedestrians": Config(**PEDESTRIAN_AIR_RECIPE),
     "conv-sqair-pedestrians": Config(**PEDESTRIAN_RECIPE),
     # The VRNN baseline (App. D.3, medium size), trained like SQAIR (curriculum, K=5, Adam).
     "mlp-vrnn": Config(model="vrnn", encoder={"name": "mlp_vrnn", "z_dim": 165, "layers": 3}),
@@ -339,8 +361,8 @@ PRESETS: dict[str, Config] = {
 
 
 def preset(name: str, **overrides: Any) -> Config:
-    """A named preset (``mlp-sqair``, ``conv-sqair``, ``mlp-air``, ``conv-sqair-pedestrians``,
-    ``mlp-vrnn``, ``conv-vrnn``) with optional overrides."""
+    """A named preset (``mlp-sqair``, ``conv-sqair``, ``mlp-air``, ``conv-air-pedestrians``,
+    ``conv-sqair-pedestrians``, ``mlp-vrnn``, ``conv-vrnn``) with optional overrides."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name].replace(**overrides)

@@ -242,11 +242,13 @@ def figure_data(
     num_sequences: int = 4,
     seed: int = 0,
     num_imagined: int = 3,
+    num_observed: int = NUM_OBSERVED,
 ) -> dict[str, Any]:
     """Everything the model-dependent figures show, deterministic for ``seed``.
 
     :returns: ``indices`` (the sequences shown), ``reconstruction``, ``glimpses`` (SQAIR; None
-        for AIR), ``prior`` and ``conditional`` (SQAIR with more than 3 frames; else None).
+        for AIR), ``prior`` and ``conditional`` (SQAIR with more than ``num_observed`` frames,
+        which it sees before imagining the rest; else None).
     """
     check_frames(arrays["images"], config.image_size)
     indices = select_sequences(arrays, num_sequences, seed)
@@ -262,9 +264,9 @@ def figure_data(
         "prior": prior_data(model, config, len(indices), num_frames, seed),
         "conditional": None,
     }
-    if temporal and num_frames > NUM_OBSERVED:
+    if temporal and num_frames > num_observed:
         data["conditional"] = conditional_data(
-            model, guide, images, NUM_OBSERVED, num_imagined, seed
+            model, guide, images, num_observed, num_imagined, seed
         )
     return data
 
@@ -338,12 +340,14 @@ def write_figures(
     seed: int = 0,
     run_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    num_observed: int = NUM_OBSERVED,
 ) -> list[Path]:
     """Write the figures of the module docstring into ``out_dir``; returns the written paths.
 
     :param arrays: a data split as :func:`sqair_pyro.data.load_npz` returns it; frames must be
         the model's ``image_size`` (else ``ValueError``).
     :param run_dir: a training run directory; with a ``metrics.csv`` there, training curves.
+    :param num_observed: frames the conditional generation sees before it imagines the rest.
     """
     from sqair_pyro.viz import (
         animate_sequences,
@@ -354,7 +358,7 @@ def write_figures(
     )
 
     out_dir = Path(out_dir)
-    data = figure_data(model, guide, config, arrays, num_sequences, seed)
+    data = figure_data(model, guide, config, arrays, num_sequences, seed, num_observed=num_observed)
     name = config.model_name
     air = not getattr(model, "temporal", False)  # no identities across frames, no futures
     indices = data["indices"]
@@ -446,7 +450,7 @@ def write_figures(
         reason = (
             f"{name} has no temporal prior of objects"
             if air
-            else f"needs more than {NUM_OBSERVED} frames"
+            else f"needs more than {num_observed} frames"
         )
         _note(progress, f"skipped conditional_generation.png/.gif: {reason}")
     else:
@@ -463,10 +467,7 @@ def write_figures(
                         _at(cond["ids"], (k, s)),
                     )
                 )
-        cond_title = (
-            f"{name}: sees the first {seen} frames, imagines the rest "
-            "(red: imagined; first frames are reconstructions)"
-        )
+        cond_title = f"{name}: sees {seen} frames (reconstructed), imagines the rest (red)"
         flags = [not label.endswith(": real") for label, *_ in cond_rows]
         path = out_dir / "conditional_generation.png"
         wrote(plot_conditional(path, cond_rows, seen, cond_title, imagined=flags))
@@ -533,6 +534,7 @@ def show_checkpoint(
     run_dir: str | os.PathLike | None = None,
     progress: bool = True,
     device: str = "cpu",
+    num_observed: int = NUM_OBSERVED,
 ) -> list[Path]:
     """:func:`write_figures` for a checkpoint file and a data file (a directory: its test.npz).
 
@@ -554,7 +556,7 @@ def show_checkpoint(
     if run_dir is None:
         run_dir = Path(checkpoint).parent
     return write_figures(
-        model, guide, config, arrays, out_dir, num_sequences, seed, run_dir, progress
+        model, guide, config, arrays, out_dir, num_sequences, seed, run_dir, progress, num_observed
     )
 
 
