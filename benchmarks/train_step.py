@@ -451,10 +451,10 @@ def count_flops(trainer: Trainer, batches: SequenceBatches, frames: int) -> dict
     }
 
 
-def gemm_throughput(size: int, repeats: int) -> dict[str, Any]:
-    """GFLOP/s of an fp32 ``size``-cubed matmul at the current thread count."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    out = torch.empty(size, size)
+def gemm_throughput(size: int, repeats: int, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """GFLOP/s of a ``size``-cubed matmul in ``dtype`` at the current thread count."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    out = torch.empty(size, size, dtype=dtype)
     torch.mm(a, b, out=out)  # warm-up
     times = []
     for _ in range(repeats):
@@ -500,13 +500,16 @@ def step_worker(spec: dict[str, Any]) -> dict[str, Any]:
     log(f"[{spec['threads']} thread(s)] counting FLOPs, timing a {spec['gemm_size']}^3 GEMM")
     flops = count_flops(trainer, batches, frames)
     gemm = gemm_throughput(spec["gemm_size"], spec["gemm_repeats"])
+    gemm_bf16 = gemm_throughput(spec["gemm_size"], spec["gemm_repeats"], torch.bfloat16)
     achieved = flops["total"] / median / 1e9
     result["flops"] = {
         **flops,
         "step_gflops": achieved,
         "gemm": gemm,
+        "gemm_bf16": gemm_bf16,
         "utilisation_vs_gemm_best": achieved / gemm["gflops_best"],
         "utilisation_vs_gemm_median": achieved / gemm["gflops_median"],
+        "utilisation_vs_bf16_gemm_best": achieved / gemm_bf16["gflops_best"],
     }
     result["peak_rss_mib_end"] = peak_rss_mib()
     return result
@@ -754,7 +757,9 @@ def print_step(threads: int, result: dict[str, Any], spec: dict[str, Any]) -> No
         f"FLOPs/step (fwd+bwd, matmul/conv only): {flops['total'] / 1e9:.2f} GFLOP -> "
         f"{flops['step_gflops']:.2f} GFLOP/s; {gemm['size']}^3 fp32 GEMM: "
         f"{gemm['gflops_best']:.1f} GFLOP/s best ({gemm['gflops_median']:.1f} median); "
-        f"utilisation {flops['utilisation_vs_gemm_best']:.1%} of the GEMM"
+        f"utilisation {flops['utilisation_vs_gemm_best']:.1%} of the GEMM; bf16 GEMM "
+        f"{flops['gemm_bf16']['gflops_best']:.1f} GFLOP/s best, utilisation "
+        f"{flops['utilisation_vs_bf16_gemm_best']:.1%} of it"
     )
     top = list(flops["by_op"].items())[:5]
     print("  by op: " + ", ".join(f"{op} {n / 1e9:.2f}G" for op, n in top))

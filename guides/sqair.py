@@ -239,5 +239,5 @@ class SQAIRGuide(nn.Module):
             num_free,
             lambda kind, i: f"{kind}_disc_{t}_{i}",
             extra=summary,
-            found=propagated if self.step_over_propagated and t > 0 else None,
+            found=propagated if self.step_over_propagated and t > 0 and may_discover else None,
         )

@@ -90,7 +90,7 @@ def _sites(fn, *args, observed=False):
     }
 
 
-@pytest.mark.parametrize("name", ["mlp-air", "mlp-sqair", "conv-sqair"])
+@pytest.mark.parametrize("name", ["mlp-air", "conv-air", "mlp-sqair", "conv-sqair"])
 def test_guide_sites_mirror_the_model(name):
     """Every latent site of the model has a guide site of the same name, and vice versa."""
     pyro.set_rng_seed(0)
@@ -289,3 +289,29 @@ def test_discovery_steps_over_found_objects_as_over_its_own():
 
     torch.testing.assert_close(probs(after, "z_pres_0"), probs(air, "z_pres_2"))
     assert not torch.allclose(probs(after, "z_pres_0"), probs(air, "z_pres_0"))
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_the_sqair_guide_steps_over_propagated_objects_when_asked(on, monkeypatch):
+    """``discovery_steps_over_propagated`` reaches the guide: discovery steps over the objects
+    propagated into frames after the first (never the first, never during the warm-up's
+    frames without discovery), and only when the option is on; AIR refuses it."""
+    from sqair_pyro.guides.air import DiscoveryRNN
+
+    calls = []
+    original = DiscoveryRNN.step_over
+
+    def spy(self, found, *args):
+        calls.append(found["z_pres"].shape)
+        return original(self, found, *args)
+
+    monkeypatch.setattr(DiscoveryRNN, "step_over", spy)
+    config = preset("mlp-sqair", hidden=32, z_what_dim=8, init_from=None)
+    guide = build(config.replace(discovery_steps_over_propagated=on))[1]
+    guide(torch.rand(2, 4, 50, 50))
+    assert len(calls) == (3 if on else 0)
+    calls.clear()
+    guide(torch.rand(2, 4, 50, 50), discover_after_first_frame=False)
+    assert calls == []
+    with pytest.raises(ValueError, match="needs SQAIR"):
+        build(preset("mlp-air", discovery_steps_over_propagated=True, init_from=None))

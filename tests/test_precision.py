@@ -67,26 +67,24 @@ def test_log_weights_of_the_same_latents_match_float32(tiny_data):
 
 
 def test_the_subpixel_decoder_rounds_little(tiny_data):
-    """CONV-SQAIR's decoder runs its hidden layers in bfloat16 and its output layer in float32:
-    on the same z_what its glimpses differ from float32's by under 0.01 (the likelihood's sd
-    is 0.3), with less than half the mean error of an output layer in bfloat16 too, and on the
-    same latents every log weight (about a thousand nats here) differs by under 1 nat."""
+    """The trained pedestrian decoder (shipped) under mixed precision: its hidden layers run in
+    bfloat16 (the glimpses differ from float32's) and its output stays close: at most 0.05 of
+    an intensity, 0.001 on average (the likelihood's sd is 0.3). On a fresh CONV-SQAIR, every
+    log weight of the same latents (about a thousand nats here) moves by under 1 nat."""
+    from sqair_pyro import pretrained
+
+    _, trained, _ = pretrained.load_pretrained("conv-air-pedestrians")
+    decoder = trained.likelihood.decoder
+    keep_float32_outputs(decoder)
+    z_what = torch.randn(256, 50, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        exact = decoder(z_what)
+        with matmul_precision(True):
+            low = decoder(z_what)
+    error = (low - exact).abs()
+    assert low.dtype == torch.float32
+    assert 0 < error.max() < 0.05 and error.mean() < 1e-3, (error.max(), error.mean())
     config, model, guide, images = _setup(tiny_data, "conv-sqair")
-    decoder = model.likelihood.decoder
-    z_what = torch.randn(64, config.z_what_dim, generator=torch.Generator().manual_seed(0))
-    maps = decoder.fc(z_what).reshape(64, -1, *decoder.start)
-    exact = decoder(z_what)
-    with matmul_precision(True):
-        low = decoder(z_what)
-        all_low = torch.sigmoid(decoder.net(maps) + decoder.output_bias)[:, 0]
-    assert low.dtype == all_low.dtype == torch.float32
-    error, all_low_error = (low - exact).abs(), (all_low - exact).abs()
-    print(
-        f"glimpse error {error.max():.2e} / {error.mean():.2e}, all bfloat16 "
-        f"{all_low_error.max():.2e} / {all_low_error.mean():.2e}"
-    )
-    assert error.max() < 0.01
-    assert error.mean() < all_low_error.mean() / 2
     elbo = make_objective(config)
     pyro.set_rng_seed(1)
     _, guide_trace = elbo._traces(model, guide, (images,), {})

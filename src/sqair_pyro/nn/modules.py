@@ -165,7 +165,7 @@ class GlimpseDecoderSubpixel(nn.Module):
     Under mixed precision its hidden layers run in bfloat16 like every other network, and the
     output convolution and the sigmoid in float32 (:meth:`intensities`). It is most of a
     CONV-SQAIR step (78%), and in bfloat16 2.2x faster (docs/results.md, "Mixed precision");
-    the float32 output layer keeps the glimpse's rounding error below a bfloat16 logit's.
+    the float32 output layer spares the logits one more bfloat16 rounding.
     """
 
     def __init__(
