@@ -45,6 +45,8 @@ def main() -> None:
     parser = checkpoint_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--sequences", type=int, default=128)
     args = parser.parse_args()
+    if args.sequences < 1 or args.frames < 2:
+        raise SystemExit("--sequences must be at least 1 and --frames at least 2")
     config, _, guide = load_programs(args)
     if not hasattr(guide, "step_over_propagated"):
         raise SystemExit(f"{args.checkpoint}: not a SQAIR checkpoint ({config.model})")
