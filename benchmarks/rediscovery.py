@@ -24,20 +24,16 @@ import torch
 from gradient_terms import checkpoint_parser, load_programs, write_report
 
 from sqair_pyro.data import load_npz
+from sqair_pyro.tracking import new_objects
 
 
 def counts(guide: torch.nn.Module, images: torch.Tensor, later: bool) -> dict[str, list[float]]:
     """Objects per frame, and new objects per frame after the first, of one guide draw."""
     with torch.no_grad():
         latents = guide(images, discover_after_first_frame=later)
-    present = latents["z_pres"][..., 0] > 0  # (B, T, N)
-    ids = torch.where(present, latents["ids"], torch.full_like(latents["ids"], -1))
-    now, before = ids[:, 1:], ids[:, :-1]
-    seen = (now.unsqueeze(-1) == before.unsqueeze(-2)).any(-1)
-    new = ((now >= 0) & ~seen).sum(-1).float().mean(0)
     return {
-        "objects_per_frame": present.sum(-1).float().mean(0).tolist(),
-        "new_objects_per_later_frame": new.tolist(),
+        "objects_per_frame": latents["z_pres"].sum((-2, -1)).mean(0).tolist(),
+        "new_objects_per_later_frame": new_objects(latents["ids"]).float().mean(0).tolist(),
     }
 
 

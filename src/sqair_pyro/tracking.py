@@ -186,6 +186,14 @@ def tracking_metrics(
     }
 
 
+def new_objects(ids: torch.Tensor) -> torch.Tensor:
+    """The objects new in each frame after the first, (..., T - 1), of ids (..., T, N), -1
+    absent: present ids that were not present in the frame before."""
+    now, before = ids[..., 1:, :], ids[..., :-1, :]
+    seen = (now.unsqueeze(-1) == before.unsqueeze(-2)).any(-1)
+    return ((now >= 0) & ~seen).sum(-1)
+
+
 def new_objects_per_frame(ids: torch.Tensor) -> float:
     """Objects discovered per frame after the first (..., T, N ids, -1 absent).
 
@@ -194,6 +202,4 @@ def new_objects_per_frame(ids: torch.Tensor) -> float:
     """
     if ids.shape[-2] < 2:
         return 0.0
-    now, before = ids[..., 1:, :], ids[..., :-1, :]
-    seen = (now.unsqueeze(-1) == before.unsqueeze(-2)).any(-1)
-    return ((now >= 0) & ~seen).sum(-1).float().mean().item()
+    return new_objects(ids).float().mean().item()

@@ -445,9 +445,7 @@ class Trainer:
         first ``propagation_warmup_steps`` steps, discovery in the first frame only."""
         if self.config.propagation_warmup_steps == 0:
             return {}
-        return {
-            "discover_after_first_frame": self.step_count >= self.config.propagation_warmup_steps
-        }
+        return {"discover_after_first_frame": not self.warming_up()}
 
     def warming_up(self) -> bool:
         """Whether the propagation warm-up is still on after the steps taken so far. The
@@ -829,7 +827,7 @@ def _loop(
                 trainer.validations_without_improvement = 0
                 trainer.save(best, batches)
             elif trainer.warming_up():
-                pass
+                pass  # neither a rollback nor a count towards early stopping (warming_up)
             elif diverged(config, value, trainer.best_validation) and best.exists():
                 if trainer.rollbacks >= config.max_rollbacks:
                     say(
