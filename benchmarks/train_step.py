@@ -597,7 +597,7 @@ def scaling_worker(spec: dict[str, Any]) -> dict[str, Any]:
 def eval_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Seconds and peak memory of ``estimate_log_px`` (chunked) on the first test sequences."""
     from sqair_pyro.build import build
-    from sqair_pyro.infer import estimate_log_px
+    from sqair_pyro.evaluate import log_px
 
     config = make_config(spec)
     pyro.set_rng_seed(config.seed)
@@ -614,12 +614,13 @@ def eval_worker(spec: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     for first in range(0, len(images), spec["eval_batch"]):
         estimates.append(
-            estimate_log_px(
+            log_px(
                 model,
                 guide,
                 images[first : first + spec["eval_batch"]],
                 num_particles=spec["eval_particles"],
                 chunk_size=spec["eval_chunk"],
+                mixed_precision=config.mixed_precision,
             )
         )
     seconds = time.perf_counter() - start

@@ -118,3 +118,52 @@ def test_a_lone_process_is_rank_zero_of_one():
     p.grad = torch.full((2,), 3.0)
     average_gradients([p], workers)
     assert p.grad.tolist() == [3.0, 3.0]
+
+
+def _children(pid: int) -> list[int]:
+    """The process ids of ``pid``'s children (Linux)."""
+    tasks = f"/proc/{pid}/task"
+    found = []
+    for task in os.listdir(tasks):
+        with open(f"{tasks}/{task}/children") as f:
+            found += [int(child) for child in f.read().split()]
+    return found
+
+
+def _rank_of(pid: int) -> int | None:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        env = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+    return int(env[b"RANK"]) if b"RANK" in env else None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads /proc (Linux)")
+def test_a_killed_worker_leaves_the_last_checkpoint_intact(tiny_data, tmp_path):
+    """The writing process (rank 0) of a two-process run that checkpoints every step, killed
+    with SIGKILL mid-run: torchrun ends the run, and last.pt loads and resumes in one process."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    small = ["--set", "hidden=16", "--set", "validation_size=8", "--set", "validate_every=1000"]
+    small += ["--set", "checkpoint_every=1", "--set", "log_every=1"]
+    args = ["-m", "sqair_pyro", "train", "--preset", "mlp-air", "--data", str(tiny_data)]
+    args += ["--out", str(out), "--steps", "100000", *small]
+    launcher = subprocess.Popen([*TORCHRUN, *args], env=ENV, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (
+        (out / "last.pt").exists() and read_checkpoint(out / "last.pt")["step"] >= 2
+    ):
+        time.sleep(0.1)
+    writers = [pid for pid in _children(launcher.pid) if _rank_of(pid) == 0]
+    assert len(writers) == 1, "rank 0 not found among torchrun's workers"
+    time.sleep(0.3)  # somewhere inside a step or a checkpoint write
+    os.kill(writers[0], signal.SIGKILL)
+    assert launcher.wait(timeout=120) != 0  # the run stops with its writer
+    step = read_checkpoint(out / "last.pt")["step"]
+    assert step >= 2
+    resume = [sys.executable, "-m", "sqair_pyro", "train", "--resume", "--data", str(tiny_data)]
+    resume += ["--out", str(out), "--steps", str(step + 2)]
+    done = subprocess.run(resume, env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert read_checkpoint(out / "last.pt")["step"] == step + 2

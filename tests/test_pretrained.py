@@ -30,7 +30,12 @@ def test_export_keeps_weights_drops_optimiser(tiny_data, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("name", "air"), [("mlp-sqair", "mlp-air"), ("conv-sqair-pedestrians", "conv-air-pedestrians")]
+    ("name", "air"),
+    [
+        ("mlp-sqair", "mlp-air"),
+        ("conv-sqair", "conv-air"),
+        ("conv-sqair-pedestrians", "conv-air-pedestrians"),
+    ],
 )
 def test_sqair_presets_start_from_the_shipped_air(name, air):
     """The presets' recipe: warm start from the shipped AIR by name."""
@@ -51,7 +56,7 @@ def test_the_shipped_models_count_as_documented(tiny_data):
     from sqair_pyro.evaluate import evaluate
 
     arrays = load_npz(tiny_data / "test.npz")
-    for name in ("mlp-air", "mlp-sqair"):
+    for name in ("mlp-air", "conv-air", "mlp-sqair"):
         config, model, guide = pretrained.load_pretrained(name)
         report = evaluate(model, guide, config, arrays, num_particles=1, progress=False)
         documented = pretrained.pretrained_metrics(name)["counting_accuracy"]

@@ -54,10 +54,14 @@ def test_images_gather_with_two_event_dims():
     ],
 )
 def test_networks_accept_zero_rows(network):
+    """Forward and backward: a batch in which no object is present reaches the decoder as zero
+    rows (PyTorch's own pixel-shuffle backward fails there)."""
     net = network()
     x = torch.zeros(0, 6) if not isinstance(net, SharedCNN) else torch.zeros(0, 12, 12)
     out = net(x, torch.zeros(0, 4)) if isinstance(net, nn.GRUCell) else net(x)
     assert out.shape[0] == 0
+    out.sum().backward()
+    assert all(p.grad is not None and (p.grad == 0).all() for p in net.parameters())
     one = net(
         x[:1].new_zeros(1, *x.shape[1:]), *([torch.zeros(1, 4)] * isinstance(net, nn.GRUCell))
     )

@@ -189,6 +189,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         device=args.device,
         iou_threshold=args.iou_threshold,
         box_mode=args.boxes,
+        mixed_precision=args.mixed_precision,
     )
     save_report(report, args.out)
     print(markdown_table([report]))
@@ -589,6 +590,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="content",
         help="predicted boxes: the z_where glimpse windows, or tight around each object's "
         "drawn pixels",
+    )
+    p.add_argument(
+        "--mixed-precision",
+        action="store_true",
+        help="log p(x) with bfloat16 matrix products (densities stay float32): faster, "
+        "about 0.1 nat apart",
     )
     p.set_defaults(func=cmd_evaluate, out_kind="file")
 

@@ -47,6 +47,7 @@ from sqair_pyro.data import (
     split_file,
 )
 from sqair_pyro.infer import estimate_log_px
+from sqair_pyro.nn.precision import keep_float32_outputs, matmul_precision
 from sqair_pyro.nn.spatial_transformer import place, where_to_transform
 from sqair_pyro.predict import boxes_and_ids, replayed
 from sqair_pyro.tracking import new_objects_per_frame, tracking_metrics
@@ -231,16 +232,25 @@ def log_px(
     images: torch.Tensor,
     num_particles: int = 1000,
     chunk_size: int = 100,
+    mixed_precision: bool = False,
 ) -> torch.Tensor:
-    """``log p(x)`` per datum (B,) as the IWAE bound with ``num_particles`` (chunked)."""
-    return estimate_log_px(
-        model,
-        guide,
-        images,
-        num_particles=num_particles,
-        chunk_size=chunk_size,
-        max_plate_nesting=1,
-    )
+    """``log p(x)`` per datum (B,) as the IWAE bound with ``num_particles`` (chunked).
+
+    With ``mixed_precision`` the networks' matrix products run in bfloat16 and every density
+    and log weight in float32 (:mod:`sqair_pyro.nn.precision`): on the shipped MLP-SQAIR 1.36x
+    faster on one CPU thread, the estimate 0.1 nat away (docs/results.md, "Evaluation speed").
+    """
+    if mixed_precision:
+        keep_float32_outputs(model, guide)
+    with matmul_precision(mixed_precision, images.device):
+        return estimate_log_px(
+            model,
+            guide,
+            images,
+            num_particles=num_particles,
+            chunk_size=chunk_size,
+            max_plate_nesting=1,
+        )
 
 
 # ---------------------------------------------------------------------------- evaluate
@@ -284,6 +294,7 @@ def evaluate(
     content_threshold: float = 0.1,
     checkpoint: str | None = None,
     data: str | None = None,
+    mixed_precision: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a model and guide on the first ``num_sequences`` sequences of a data split.
 
@@ -302,6 +313,7 @@ def evaluate(
         ``"window"`` (the z_where glimpse windows, larger); see :func:`predicted_boxes`.
     :param content_threshold: the pixel value above which a drawn pixel counts (content).
     :param checkpoint: a name for the report (the checkpoint path); :param data: likewise.
+    :param mixed_precision: estimate ``log_px`` with bfloat16 matrix products (:func:`log_px`).
     :returns: the report, a JSON-serialisable dict (see the module docstring for the
         metrics); means are over sequences, ``*_se`` their standard errors.
     """
@@ -372,7 +384,7 @@ def evaluate(
                 hits_visible.append(counting_hits(z_pres, arrays["counts"][start:stop]))
             inferred.append(z_pres.squeeze(-1).sum(-1).round().long())
 
-        estimate = log_px(model, guide, frames, num_particles, chunk_size)
+        estimate = log_px(model, guide, frames, num_particles, chunk_size, mixed_precision)
         sums["log_px"].append(per_sequence(estimate))
         bar.set_postfix(log_px=f"{torch.cat(sums['log_px']).mean().item():.1f}")
     bar.close()
@@ -419,6 +431,7 @@ def evaluate(
         model_name=config.model_name,
         num_sequences=num_sequences,
         num_particles=int(num_particles),
+        mixed_precision=bool(mixed_precision),
         num_frames=int(num_frames),
         checkpoint=checkpoint,
         data=data,

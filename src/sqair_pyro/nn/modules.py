@@ -155,6 +155,22 @@ class ConvEncoder(nn.Module):
         return F.elu(self.linear(self.cnn(images)))
 
 
+class PixelShuffle(nn.PixelShuffle):
+    """``nn.PixelShuffle`` that also takes an empty batch.
+
+    PyTorch's pixel-shuffle backward fails on zero rows (it returns the output's shape as the
+    input's gradient), and a decoder sees zero rows whenever no object of a batch is present;
+    there the same rearrangement is written as a reshape, whose backward is right.
+    """
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        if maps.shape[0] > 0:
+            return super().forward(maps)
+        r = self.upscale_factor
+        rows, channels, height, width = maps.shape
+        return maps.reshape(rows, channels // r**2, height * r, width * r)
+
+
 class GlimpseDecoderSubpixel(nn.Module):
     """CONV-SQAIR's glimpse decoder (App. D.2; Shi et al., 2016).
 
@@ -187,7 +203,7 @@ class GlimpseDecoderSubpixel(nn.Module):
         for n_out, stride in zip(channels, strides, strict=True):
             layers += [nn.Conv2d(n_in, n_out * stride**2, 3, padding=1)]
             if stride > 1:
-                layers.append(nn.PixelShuffle(stride))
+                layers.append(PixelShuffle(stride))
             layers.append(nn.ELU())
             n_in = n_out
         layers.append(nn.Conv2d(n_in, 1, 1))
