@@ -56,7 +56,7 @@ def shift_stats(shift: torch.Tensor) -> dict[str, float]:
     """Mean, standard deviation and largest absolute value of the log weights' shifts."""
     return {
         "mean": shift.mean().item(),
-        "sd": shift.std().item(),
+        "sd": shift.std().item() if shift.numel() > 1 else 0.0,
         "max_abs": shift.abs().max().item(),
     }
 
@@ -80,12 +80,14 @@ def log_weight_shifts(model, guide, config, images: torch.Tensor, seed: int) -> 
         "log_weight_mean": exact.mean().item(),
         "output_layer_float32": shift_stats(log_w(True) - exact),
     }
-    decoder = model.likelihood.decoder
+    decoder = getattr(getattr(model, "likelihood", None), "decoder", None)
     if isinstance(decoder, GlimpseDecoderSubpixel):
         bare = GlimpseDecoderSubpixel.intensities.__wrapped__  # without full_precision
         decoder.intensities = types.MethodType(bare, decoder)
-        report["output_layer_bfloat16"] = shift_stats(log_w(True) - exact)
-        del decoder.intensities
+        try:
+            report["output_layer_bfloat16"] = shift_stats(log_w(True) - exact)
+        finally:
+            del decoder.intensities
     return report
 
 

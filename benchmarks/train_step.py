@@ -840,7 +840,11 @@ def print_eval(result: dict[str, Any]) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--preset", default="mlp-sqair", help="mlp-sqair, conv-sqair or mlp-air")
+    p.add_argument(
+        "--preset",
+        default="mlp-sqair",
+        help="any preset of sqair_pyro.config (AIR: batches of single frames)",
+    )
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts")
     p.add_argument("--steps", type=int, default=30, help="timed steps (after the warm-up)")
     p.add_argument("--warmup", type=int, default=5)

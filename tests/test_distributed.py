@@ -121,12 +121,17 @@ def test_a_lone_process_is_rank_zero_of_one():
 
 
 def _children(pid: int) -> list[int]:
-    """The process ids of ``pid``'s children (Linux)."""
-    tasks = f"/proc/{pid}/task"
+    """The process ids of ``pid``'s children (Linux: the parent id in ``/proc/*/stat``)."""
     found = []
-    for task in os.listdir(tasks):
-        with open(f"{tasks}/{task}/children") as f:
-            found += [int(child) for child in f.read().split()]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:  # gone meanwhile
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
     return found
 
 
@@ -137,7 +142,7 @@ def _rank_of(pid: int) -> int | None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads /proc (Linux)")
+@pytest.mark.skipif(not os.path.isfile("/proc/self/stat"), reason="reads /proc (Linux)")
 def test_a_killed_worker_leaves_the_last_checkpoint_intact(tiny_data, tmp_path):
     """The writing process (rank 0) of a two-process run that checkpoints every step, killed
     with SIGKILL mid-run: torchrun ends the run, and last.pt loads and resumes in one process."""
@@ -149,17 +154,26 @@ def test_a_killed_worker_leaves_the_last_checkpoint_intact(tiny_data, tmp_path):
     small += ["--set", "checkpoint_every=1", "--set", "log_every=1"]
     args = ["-m", "sqair_pyro", "train", "--preset", "mlp-air", "--data", str(tiny_data)]
     args += ["--out", str(out), "--steps", "100000", *small]
-    launcher = subprocess.Popen([*TORCHRUN, *args], env=ENV, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (
-        (out / "last.pt").exists() and read_checkpoint(out / "last.pt")["step"] >= 2
-    ):
-        time.sleep(0.1)
-    writers = [pid for pid in _children(launcher.pid) if _rank_of(pid) == 0]
-    assert len(writers) == 1, "rank 0 not found among torchrun's workers"
-    time.sleep(0.3)  # somewhere inside a step or a checkpoint write
-    os.kill(writers[0], signal.SIGKILL)
-    assert launcher.wait(timeout=120) != 0  # the run stops with its writer
+    log = open(tmp_path / "torchrun.log", "w")  # noqa: SIM115 (closed below)
+    launcher = subprocess.Popen(
+        [*TORCHRUN, *args], env=ENV, stdout=log, stderr=log, start_new_session=True
+    )
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (
+            (out / "last.pt").exists() and read_checkpoint(out / "last.pt")["step"] >= 2
+        ):
+            time.sleep(0.1)
+        writers = [pid for pid in _children(launcher.pid) if _rank_of(pid) == 0]
+        assert len(writers) == 1, "rank 0 not found among torchrun's workers"
+        time.sleep(0.3)  # somewhere inside a step (or a checkpoint's atomic write)
+        os.kill(writers[0], signal.SIGKILL)
+        assert launcher.wait(timeout=120) != 0  # the run stops with its writer
+    finally:  # never leave a 100,000-step run behind
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+        log.close()
     step = read_checkpoint(out / "last.pt")["step"]
     assert step >= 2
     resume = [sys.executable, "-m", "sqair_pyro", "train", "--resume", "--data", str(tiny_data)]

@@ -358,10 +358,11 @@ PEDESTRIAN_RECIPE: dict[str, Any] = dict(
     lr_multipliers=CONV_RATES,
 )
 
-#: CONV-SQAIR (App. D.2) the way the pedestrian SQAIR learned: the MLP-SQAIR recipe from the
-#: shipped CONV-AIR, presence at the appearance pathway's 10x, and a discovery RNN that steps
-#: over the propagated objects, so the propagation warm-up takes 500 steps rather than 2,000
-#: (a CONV-SQAIR step costs several MLP-SQAIR steps; docs/results.md, "CONV-SQAIR").
+#: CONV-SQAIR (App. D.2) with the pedestrian SQAIR's recipe carried over: the MLP-SQAIR recipe
+#: from the shipped CONV-AIR, presence at the appearance pathway's 10x, and a discovery RNN that
+#: steps over the propagated objects with a propagation warm-up of 500 steps rather than 2,000
+#: (a CONV-SQAIR step costs several MLP-SQAIR steps). Run convsqair1 trained with it
+#: (docs/results.md, "CONV-SQAIR, session 15").
 CONV_SQAIR_RECIPE: dict[str, Any] = dict(
     SQAIR_RECIPE,
     **CONV,

@@ -168,6 +168,10 @@ class PixelShuffle(nn.PixelShuffle):
             return super().forward(maps)
         r = self.upscale_factor
         rows, channels, height, width = maps.shape
+        if channels % r**2:
+            raise ValueError(
+                f"pixel shuffle by {r} needs channels divisible by {r**2}, got {channels}"
+            )
         return maps.reshape(rows, channels // r**2, height * r, width * r)
 
 
