@@ -327,7 +327,7 @@ PEDESTRIAN_NETWORKS: dict[str, Any] = dict(
 #: At the base rate the pedestrian AIR kept every slot on with objects that draw nothing
 #: (docs/results.md, "Pedestrians, session 13"), and CONV-AIR on moving MNIST switched its
 #: objects off within 100 steps, for good: 0.02 objects per frame and counting 0.33 over steps
-#: 300-600, where at 10x it counted 0.68 of the training frames over steps 500-800
+#: 310-600, where at 10x it counted 0.68 of the training frames over steps 510-800
 #: ("CONV-SQAIR, session 15").
 CONV_RATES: dict[str, float] = {**CPU_RECIPE["lr_multipliers"], "pres_head": 10.0}
 
