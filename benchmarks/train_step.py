@@ -280,6 +280,12 @@ def current_rss_mib() -> float:
 # ----------------------------------------------------------------------------- timing
 
 
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the device's queued work, so that a timing ends when the work does (CUDA)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def time_steps(
     trainer: Trainer, batches: SequenceBatches, frames: int, warmup: int, steps: int
 ) -> tuple[list[float], list[float]]:
@@ -295,6 +301,7 @@ def time_steps(
         batch = batches.sample(config.batch_size, frames)
         start = time.perf_counter()
         metrics = trainer.step(*batch)
+        synchronize(trainer.device)
         times.append(time.perf_counter() - start)
         objects.append(float(metrics["objects"]))  # per frame
     return times, objects
@@ -451,15 +458,20 @@ def count_flops(trainer: Trainer, batches: SequenceBatches, frames: int) -> dict
     }
 
 
-def gemm_throughput(size: int, repeats: int, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
-    """GFLOP/s of a ``size``-cubed matmul in ``dtype`` at the current thread count."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    out = torch.empty(size, size, dtype=dtype)
+def gemm_throughput(
+    size: int, repeats: int, dtype: torch.dtype = torch.float32, device: str = "cpu"
+) -> dict[str, Any]:
+    """GFLOP/s of a ``size``-cubed matmul in ``dtype`` on ``device`` (at the current thread
+    count on a CPU)."""
+    a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
+    out = torch.empty(size, size, dtype=dtype, device=device)
     torch.mm(a, b, out=out)  # warm-up
+    synchronize(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         torch.mm(a, b, out=out)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     flops = 2 * size**3
     return {
@@ -480,7 +492,7 @@ def step_worker(spec: dict[str, Any]) -> dict[str, Any]:
     config = make_config(spec)
     frames = spec["frames"]
     batches = load_batches(spec["data"], config, frames)
-    trainer = Trainer(config)
+    trainer = Trainer(config, device=spec["device"])
     log(f"[{spec['threads']} thread(s)] {spec['warmup']} warm-up + {spec['steps']} timed steps")
     times, objects = time_steps(trainer, batches, frames, spec["warmup"], spec["steps"])
     result: dict[str, Any] = {
@@ -499,8 +511,9 @@ def step_worker(spec: dict[str, Any]) -> dict[str, Any]:
         )
     log(f"[{spec['threads']} thread(s)] counting FLOPs, timing a {spec['gemm_size']}^3 GEMM")
     flops = count_flops(trainer, batches, frames)
-    gemm = gemm_throughput(spec["gemm_size"], spec["gemm_repeats"])
-    gemm_bf16 = gemm_throughput(spec["gemm_size"], spec["gemm_repeats"], torch.bfloat16)
+    size, repeats, device = spec["gemm_size"], spec["gemm_repeats"], spec["device"]
+    gemm = gemm_throughput(size, repeats, device=device)
+    gemm_bf16 = gemm_throughput(size, repeats, torch.bfloat16, device)
     achieved = flops["total"] / median / 1e9
     result["flops"] = {
         **flops,
@@ -559,7 +572,7 @@ def scaling_worker(spec: dict[str, Any]) -> dict[str, Any]:
         if (frames, objects) not in runs:
             config = make_config(spec, frames=frames, objects=objects)
             batches = load_batches(spec["data"], config, frames)
-            trainer = Trainer(config)
+            trainer = Trainer(config, device=spec["device"])
             runs[frames, objects] = time_steps(
                 trainer, batches, frames, spec["scaling_warmup"], spec["scaling_steps"]
             )
@@ -602,11 +615,14 @@ def eval_worker(spec: dict[str, Any]) -> dict[str, Any]:
     config = make_config(spec)
     pyro.set_rng_seed(config.seed)
     model, guide = build(config)
+    model.to(spec["device"])
+    guide.to(spec["device"])
     if config.init_from:
         warm_start(model, guide, config.init_from)
     arrays = load_npz(Path(spec["data"]) / "test.npz")
     sequences, frames = spec["eval_sequences"], spec["frames"]
     images = torch.from_numpy(arrays["images"][:sequences, :frames]).float() / 255
+    images = images.to(spec["device"])
     if config.model == "air":  # AIR sees every frame alone
         images = images.reshape(-1, *images.shape[2:])
     rss_before, peak_before = current_rss_mib(), peak_rss_mib()
@@ -623,6 +639,7 @@ def eval_worker(spec: dict[str, Any]) -> dict[str, Any]:
                 mixed_precision=config.mixed_precision,
             )
         )
+    synchronize(spec["device"])
     seconds = time.perf_counter() - start
     return {
         "threads": torch.get_num_threads(),
@@ -865,6 +882,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="bfloat16 matrix products (config mixed_precision)",
     )
+    p.add_argument("--device", default="cpu", help="cpu or cuda (timings wait for the GPU)")
     p.add_argument("--gemm-size", type=int, default=2048)
     p.add_argument("--gemm-repeats", type=int, default=5)
     p.add_argument("--scaling", action="store_true", help="step time against T and N")
