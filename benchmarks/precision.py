@@ -118,11 +118,14 @@ def main() -> None:
         z_what = torch.randn(args.glimpses, preset(name).z_what_dim)
         report["decoders"][name] = time_decoder(decoder, z_what, args.repeats)
     if args.checkpoint is not None:
-        config, model, guide = load_programs(args)
         if args.as_preset:
-            config = preset(args.as_preset, num_particles=args.particles)
+            pyro.enable_validation(False)  # as load_programs and training do
+            pyro.set_rng_seed(args.seed)  # the networks the checkpoint does not hold
+            config = preset(args.as_preset)
             model, guide = build(config)
             warm_start(model, guide, args.checkpoint)
+        else:
+            config, model, guide = load_programs(args)
         config = config.replace(num_particles=args.particles)
         arrays = load_npz(args.data)
         images = torch.from_numpy(arrays["images"][: args.sequences, : args.frames]).float() / 255
