@@ -126,8 +126,13 @@ def test_evaluate_defaults_to_the_shipped_model(tiny_data, tmp_path, capsys):
     out = tmp_path / "r.json"
     args = ["evaluate", "--data", str(tiny_data / "test.npz"), "--out", str(out)]
     assert main([*args, "--particles", "2", "--sequences", "3"]) == 0
-    assert json.loads(out.read_text())["checkpoint"].endswith("mlp-sqair.pt")  # SQAIR first
+    report = json.loads(out.read_text())
+    assert report["checkpoint"].endswith("mlp-sqair.pt")  # SQAIR first
+    assert report["mixed_precision"] is False
     assert "| MLP-SQAIR (" in capsys.readouterr().out
+    assert main([*args, "--particles", "2", "--sequences", "3", "--mixed-precision"]) == 0
+    assert json.loads(out.read_text())["mixed_precision"] is True
+    assert "bfloat16" in capsys.readouterr().out
 
 
 def test_resume_without_preset_uses_the_runs_own_settings(tiny_data, tmp_path):
