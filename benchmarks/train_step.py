@@ -37,6 +37,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from sqair_pyro.config import Config, preset
 from sqair_pyro.data import MovingMNISTConfig, load_npz, make_data
+from sqair_pyro.nn import modules
 from sqair_pyro.pretrained import available
 from sqair_pyro.train import SequenceBatches, Trainer, warm_start
 
@@ -487,12 +488,50 @@ def gemm_throughput(
 # ----------------------------------------------------------------------------- workers
 
 
+#: The pure networks that ``--compile`` hands to ``torch.compile``: every module of these kinds
+#: that no other one of them holds (a head's MLP is compiled with its head).
+COMPILED_KINDS = (
+    modules.MLP,
+    modules.GaussianHead,
+    modules.BernoulliHead,
+    modules.EncoderMLP,
+    modules.GlimpseDecoderMLP,
+    modules.SharedCNN,
+    modules.GlimpseDecoderSubpixel,
+    nn.GRUCell,
+    nn.RNNCell,
+)
+
+
+def compile_networks(trainer: Trainer) -> int:
+    """``torch.compile`` (dynamic shapes: the rows of present objects vary from call to call)
+    of the trainer's pure networks, in place; returns how many were compiled. The programs'
+    glue, the spatial transformer and Pyro stay eager."""
+    import torch._dynamo
+
+    # One compiled graph per module instance: many instances share each forward's code.
+    torch._dynamo.config.recompile_limit = 256
+    torch._dynamo.config.accumulated_recompile_limit = 4096
+    compiled: list[str] = []
+    for root in (trainer.model, trainer.guide):
+        compiled_here: list[str] = []
+        for name, module in root.named_modules():
+            inside = any(name.startswith(outer + ".") for outer in compiled_here)
+            if isinstance(module, COMPILED_KINDS) and not inside:
+                module.compile(dynamic=True)
+                compiled_here.append(name)
+        compiled += compiled_here
+    return len(compiled)
+
+
 def step_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Timing, peak RSS, breakdown and FLOPs of the step at one thread count."""
     config = make_config(spec)
     frames = spec["frames"]
     batches = load_batches(spec["data"], config, frames)
     trainer = Trainer(config, device=spec["device"])
+    if spec.get("compile"):
+        log(f"torch.compile of {compile_networks(trainer)} networks (compiled in the warm-up)")
     log(f"[{spec['threads']} thread(s)] {spec['warmup']} warm-up + {spec['steps']} timed steps")
     times, objects = time_steps(trainer, batches, frames, spec["warmup"], spec["steps"])
     result: dict[str, Any] = {
@@ -883,6 +922,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="bfloat16 matrix products (config mixed_precision)",
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda (timings wait for the GPU)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the pure networks (give --warmup 3 or more: compiling is slow)",
+    )
     p.add_argument("--gemm-size", type=int, default=2048)
     p.add_argument("--gemm-repeats", type=int, default=5)
     p.add_argument("--scaling", action="store_true", help="step time against T and N")

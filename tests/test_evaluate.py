@@ -33,6 +33,7 @@ from sqair_pyro.evaluate import (
     site_family,
 )
 from sqair_pyro.models.air import frame_ids
+from sqair_pyro.predict import boxes_and_ids
 from sqair_pyro.tracking import tracking_metrics
 
 REQUIRED = {
@@ -232,6 +233,19 @@ def test_air_identities_are_new_in_every_frame():
     result = tracking_metrics(gt, frame_ids(torch.ones(1, 4, 1, 1)), gt, visible, (50, 50))
     assert result["id_switches"] == 3 and result["misses"] == 0
     assert result["idf1"] == pytest.approx(1 / 4)
+
+
+def test_boxes_and_ids_stay_on_the_latents_device():
+    # Without ``ids`` (AIR) the slot index is the identity; it must live where the latents do
+    # (a GPU in use). The meta device stands in for one here: mixing it with CPU tensors fails
+    # as CUDA does.
+    latents = {
+        "z_pres": torch.ones(2, 3, 1, device="meta"),
+        "z_where": torch.zeros(2, 3, 4, device="meta"),
+    }
+    boxes, ids = boxes_and_ids(latents, (50, 50))
+    assert boxes.device.type == ids.device.type == "meta"
+    assert boxes.shape == (2, 3, 4) and ids.shape == (2, 3)
 
 
 def fake_model(draw):

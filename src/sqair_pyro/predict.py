@@ -49,7 +49,7 @@ def boxes_and_ids(latents: dict[str, torch.Tensor], image_size: tuple[int, int])
     if "ids" in latents:
         ids = latents["ids"]
     else:
-        ids = torch.arange(present.shape[-1]).expand(present.shape)
+        ids = torch.arange(present.shape[-1], device=present.device).expand(present.shape)
     return boxes, torch.where(present, ids, -1)
 
 
