@@ -15,7 +15,6 @@ and the last step, divided by the steps between them. The layouts run one after 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -23,6 +22,10 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from sqair_pyro.show import read_metrics
 
 #: Settings every run shares: the shipped MLP-SQAIR on whole sequences, no validation and no
 #: checkpoint before the end (they would be timed as training otherwise).
@@ -52,13 +55,12 @@ def train_command(args: argparse.Namespace, out: Path, processes: int) -> list[s
 
 def seconds_per_step(metrics: Path, skip: int) -> float:
     """Training seconds per step after step ``skip``, from a run's ``metrics.csv``."""
-    with open(metrics) as f:
-        rows = [row for row in csv.DictReader(f) if row["bound"]]
-    times = {int(row["step"]): float(row["time_s"]) for row in rows}
-    last = max(times)
-    if skip not in times or last <= skip:
+    train, _ = read_metrics(metrics)  # rows sorted by step
+    steps, wall = train["step"], train["wall_s"]
+    at_skip = np.flatnonzero(steps == skip)
+    if not len(at_skip) or steps[-1] <= skip:
         raise SystemExit(f"{metrics}: no steps logged after step {skip}")
-    return (times[last] - times[skip]) / (last - skip)
+    return float((wall[-1] - wall[at_skip[0]]) / (steps[-1] - skip))
 
 
 def run_layout(args: argparse.Namespace, tmp: Path, processes: int, repeat: int) -> float:
