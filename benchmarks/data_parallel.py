@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gradient_terms import run_script
 
+from sqair_pyro.cli import OneLineParser, positive_int
 from sqair_pyro.show import read_metrics
 
 #: Settings every run shares: the shipped MLP-SQAIR on whole sequences, no validation and no
@@ -74,16 +76,22 @@ def run_layout(args: argparse.Namespace, tmp: Path, processes: int, repeat: int)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = OneLineParser(prog=Path(__file__).name, description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, required=True, help="directory with train.npz")
     p.add_argument("--preset", default="mlp-sqair")
     p.add_argument("--weights", default="pretrained:mlp-sqair", help="the runs' init_from")
-    p.add_argument("--processes", type=int, default=2, help="N: processes, and threads of one")
-    p.add_argument("--batch", type=int, default=32, help="sequences per step, all processes")
-    p.add_argument("--frames", type=int, default=10, help="T")
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--skip", type=int, default=10, help="untimed first steps")
-    p.add_argument("--repeats", type=int, default=1, help="alternating runs of each layout")
+    p.add_argument(
+        "--processes", type=positive_int, default=2, help="N: processes, and threads of one"
+    )
+    p.add_argument(
+        "--batch", type=positive_int, default=32, help="sequences per step, all processes"
+    )
+    p.add_argument("--frames", type=positive_int, default=10, help="T")
+    p.add_argument("--steps", type=positive_int, default=40)
+    p.add_argument("--skip", type=positive_int, default=10, help="untimed first steps")
+    p.add_argument(
+        "--repeats", type=positive_int, default=1, help="alternating runs of each layout"
+    )
     p.add_argument("--json", type=Path, help="write every number here")
     args = p.parse_args(argv)
     if args.processes < 2 or args.batch % args.processes:
@@ -119,4 +127,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -25,11 +25,13 @@ sees them):
 from __future__ import annotations
 
 import re
+import sys
 
 import torch
-from gradient_terms import checkpoint_parser, load_programs, write_report
+from gradient_terms import checkpoint_parser, load_programs, parse_checked, run_script, write_report
 from pyro import poutine
 
+from sqair_pyro.cli import positive_int
 from sqair_pyro.data import load_npz
 from sqair_pyro.evaluate import predicted_boxes
 from sqair_pyro.train import make_objective, surrogate_losses
@@ -83,16 +85,16 @@ def presence_bias(guide) -> torch.nn.Parameter:
     return found[0]
 
 
-def main() -> None:
-    parser = checkpoint_parser(__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=1000)
-    parser.add_argument("--draws", type=int, default=20)
-    parser.add_argument("--batch", type=int, default=256, help="frames per gradient draw")
+def main(argv: list[str] | None = None) -> None:
+    parser = checkpoint_parser(__file__, __doc__.splitlines()[0])
+    parser.add_argument("--images", type=positive_int, default=1000)
+    parser.add_argument("--draws", type=positive_int, default=20)
+    parser.add_argument("--batch", type=positive_int, default=256, help="frames per gradient draw")
     parser.add_argument("--threshold", type=float, default=0.1)
-    args = parser.parse_args()
+    args = parse_checked(parser, argv)
     config, model, guide = load_programs(args)
     if config.model != "air":
-        raise SystemExit(f"empty_objects.py: {args.checkpoint} is a {config.model_name}, not AIR")
+        raise ValueError(f"{args.checkpoint} is a {config.model_name}, not AIR")
     frames = torch.as_tensor(load_npz(args.data)["images"]).float() / 255
     images = frames.reshape(-1, *frames.shape[-2:])[: args.images]
     slots = config.max_objects
@@ -168,4 +170,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -15,18 +15,23 @@ for the whole step the share of the squared norm in each component (``sqair_pyro
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import re
+import sys
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pyro
 import torch
 
-from sqair_pyro.checkpoint import load_checkpoint
+from sqair_pyro.checkpoint import CheckpointError, load_checkpoint
+from sqair_pyro.cli import OneLineParser, positive_int, seed_int
 from sqair_pyro.data import load_npz
+from sqair_pyro.errors import one_line
 from sqair_pyro.optim import component_of
 from sqair_pyro.train import SequenceBatches, make_objective
 
@@ -41,19 +46,46 @@ def norm(grads: tuple[torch.Tensor | None, ...]) -> float:
     return math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads if g is not None))
 
 
-def checkpoint_parser(description: str) -> argparse.ArgumentParser:
+def checkpoint_parser(script: str, description: str) -> argparse.ArgumentParser:
     """The options these scripts share: the checkpoint, its data, frames, seed, threads and
-    a JSON copy of what is printed."""
-    parser = argparse.ArgumentParser(description=description)
+    a JSON copy of what is printed; errors name ``script`` (a path: its file name)."""
+    parser = OneLineParser(prog=Path(script).name, description=description)
     parser.add_argument(
         "--checkpoint", type=Path, default=Path("src/sqair_pyro/weights/mlp-sqair.pt")
     )
     parser.add_argument("--data", type=Path, default=Path("data/mm/train.npz"))
-    parser.add_argument("--frames", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--frames", type=positive_int, default=10)
+    parser.add_argument("--seed", type=seed_int, default=0)
+    parser.add_argument("--threads", type=positive_int, default=1)
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
     return parser
+
+
+def parse_checked(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser``'s arguments, with a missing ``--checkpoint`` or ``--data`` file refused in
+    one line before any work (argparse's exit status 2)."""
+    args = parser.parse_args(argv)
+    for name in ("checkpoint", "data"):
+        path = getattr(args, name, None)
+        if path is not None and not path.is_file():
+            parser.error(f"--{name} {path}: no such file")
+    return args
+
+
+def run_script(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> int:
+    """Run a benchmark's ``main``: what goes wrong in its work (a damaged checkpoint, a file
+    that cannot be read, memory) is one line on stderr and exit status 1, as the
+    ``sqair-pyro`` commands do."""
+    script = Path(inspect.getfile(main)).name
+    try:
+        main(argv)
+    except (OSError, ValueError, MemoryError, CheckpointError) as error:
+        print(f"{script}: error: {one_line(error)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{script}: interrupted", file=sys.stderr)
+        return 130
+    return 0
 
 
 def load_programs(args: argparse.Namespace) -> tuple:
@@ -74,11 +106,11 @@ def write_report(report: dict, path: Path | None) -> None:
         path.write_text(json.dumps(report, indent=2) + "\n")
 
 
-def main() -> None:
-    parser = checkpoint_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--batches", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=32)
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    parser = checkpoint_parser(__file__, __doc__.split("\n\n")[0])
+    parser.add_argument("--batches", type=positive_int, default=8)
+    parser.add_argument("--batch-size", type=positive_int, default=32)
+    args = parse_checked(parser, argv)
     config, model, guide = load_programs(args)
     elbo = make_objective(config)
     batches = SequenceBatches(load_npz(args.data), config.num_frames, seed=args.seed)
@@ -142,4 +174,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -22,21 +22,30 @@ particle, not the best. This script draws ``K`` particles for each of the first
 from __future__ import annotations
 
 import math
+import sys
 from collections import defaultdict
 
 import torch
-from gradient_terms import checkpoint_parser, family, load_programs, write_report
+from gradient_terms import (
+    checkpoint_parser,
+    family,
+    load_programs,
+    parse_checked,
+    run_script,
+    write_report,
+)
 
+from sqair_pyro.cli import positive_int
 from sqair_pyro.data import load_npz
 from sqair_pyro.train import SequenceBatches, make_objective, split_validation
 
 
-def main() -> None:
-    parser = checkpoint_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--sequences", type=int, default=64)
-    parser.add_argument("--particles", type=int, default=20)
+def main(argv: list[str] | None = None) -> None:
+    parser = checkpoint_parser(__file__, __doc__.split("\n\n")[0])
+    parser.add_argument("--sequences", type=positive_int, default=64)
+    parser.add_argument("--particles", type=positive_int, default=20)
     parser.add_argument("--margin", type=float, default=100.0)
-    args = parser.parse_args()
+    args = parse_checked(parser, argv)
     config, model, guide = load_programs(args)
     _, valid = split_validation(load_npz(args.data), config.validation_size)
     images, _ = SequenceBatches(valid, args.frames, seed=0).get(
@@ -90,4 +99,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -25,13 +25,15 @@ report also gives each variant's squared error per frame, and that of the paper'
 from __future__ import annotations
 
 import math
+import sys
 
 import pyro
 import torch
-from gradient_terms import checkpoint_parser, load_programs, write_report
+from gradient_terms import checkpoint_parser, load_programs, parse_checked, run_script, write_report
 from pyro import poutine
 from pyro.poutine.messenger import Messenger
 
+from sqair_pyro.cli import positive_int
 from sqair_pyro.data import load_npz
 from sqair_pyro.train import SequenceBatches, split_validation
 
@@ -68,10 +70,12 @@ def log_likelihood_per_frame(model, guide, images: torch.Tensor, prefixes: tuple
     return torch.stack([site["fn"].log_prob(site["value"]) for site in frames], -1)
 
 
-def main() -> None:
-    parser = checkpoint_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--sequences", type=int, default=200)
-    parser.add_argument("--seeds", type=int, default=3, help="draws of each variant, averaged")
+def main(argv: list[str] | None = None) -> None:
+    parser = checkpoint_parser(__file__, __doc__.split("\n\n")[0])
+    parser.add_argument("--sequences", type=positive_int, default=200)
+    parser.add_argument(
+        "--seeds", type=positive_int, default=3, help="draws of each variant, averaged"
+    )
     parser.add_argument("--paper", type=float, default=6786.5, help="the paper's log p(x|z)")
     parser.add_argument(
         "--split",
@@ -79,9 +83,7 @@ def main() -> None:
         default="validation",
         help="the validation split of a training file, or the file's own first sequences",
     )
-    args = parser.parse_args()
-    if args.sequences < 1 or args.seeds < 1:
-        parser.error("--sequences and --seeds must be positive")
+    args = parse_checked(parser, argv)
     config, model, guide = load_programs(args)
     data = load_npz(args.data)
     if args.split == "validation":
@@ -120,4 +122,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -21,15 +21,17 @@ Two measurements, in one process on ``--threads`` threads:
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 import types
 
 import pyro
 import pyro.poutine as poutine
 import torch
-from gradient_terms import checkpoint_parser, load_programs, write_report
+from gradient_terms import checkpoint_parser, load_programs, parse_checked, run_script, write_report
 
 from sqair_pyro.build import build, conv_networks, conv_pedestrian_networks
+from sqair_pyro.cli import positive_int
 from sqair_pyro.config import preset
 from sqair_pyro.data import load_npz
 from sqair_pyro.nn.modules import GlimpseDecoderSubpixel
@@ -91,21 +93,17 @@ def log_weight_shifts(model, guide, config, images: torch.Tensor, seed: int) -> 
     return report
 
 
-def main() -> None:
-    parser = checkpoint_parser(__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = checkpoint_parser(__file__, __doc__.split("\n\n")[0])
     parser.set_defaults(checkpoint=None, data=None)
-    parser.add_argument("--glimpses", type=int, default=480)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--sequences", type=int, default=32)
-    parser.add_argument("--particles", type=int, default=5)
+    parser.add_argument("--glimpses", type=positive_int, default=480)
+    parser.add_argument("--repeats", type=positive_int, default=2)
+    parser.add_argument("--sequences", type=positive_int, default=32)
+    parser.add_argument("--particles", type=positive_int, default=5)
     parser.add_argument("--as", dest="as_preset", help="run the weights in this preset's programs")
-    args = parser.parse_args()
-    if min(args.glimpses, args.repeats, args.sequences, args.particles, args.frames) < 1:
-        raise SystemExit(
-            "--glimpses, --repeats, --sequences, --particles and --frames must be >= 1"
-        )
+    args = parse_checked(parser, argv)
     if (args.checkpoint is None) != (args.data is None):
-        raise SystemExit("--checkpoint and --data go together (log weights of its sequences)")
+        parser.error("--checkpoint and --data go together (log weights of its sequences)")
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # as training runs
     report: dict = {"threads": args.threads, "glimpses": args.glimpses, "decoders": {}}
@@ -142,4 +140,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -20,9 +20,12 @@ keeps the duplicates.
 
 from __future__ import annotations
 
-import torch
-from gradient_terms import checkpoint_parser, load_programs, write_report
+import sys
 
+import torch
+from gradient_terms import checkpoint_parser, load_programs, parse_checked, run_script, write_report
+
+from sqair_pyro.cli import positive_int
 from sqair_pyro.data import load_npz
 from sqair_pyro.tracking import new_objects
 
@@ -37,15 +40,15 @@ def counts(guide: torch.nn.Module, images: torch.Tensor, later: bool) -> dict[st
     }
 
 
-def main() -> None:
-    parser = checkpoint_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--sequences", type=int, default=128)
-    args = parser.parse_args()
-    if args.sequences < 1 or args.frames < 2:
-        raise SystemExit("--sequences must be at least 1 and --frames at least 2")
+def main(argv: list[str] | None = None) -> None:
+    parser = checkpoint_parser(__file__, __doc__.split("\n\n")[0])
+    parser.add_argument("--sequences", type=positive_int, default=128)
+    args = parse_checked(parser, argv)
+    if args.frames < 2:
+        parser.error("--frames must be at least 2 (rediscovery happens after the first frame)")
     config, _, guide = load_programs(args)
     if not hasattr(guide, "step_over_propagated"):
-        raise SystemExit(f"{args.checkpoint}: not a SQAIR checkpoint ({config.model})")
+        raise ValueError(f"{args.checkpoint}: not a SQAIR checkpoint ({config.model})")
     arrays = load_npz(args.data)
     images = torch.from_numpy(arrays["images"][: args.sequences, : args.frames]).float() / 255
     own = guide.step_over_propagated
@@ -67,4 +70,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -32,9 +32,11 @@ from typing import Any
 import numpy as np
 import pyro
 import torch
+from gradient_terms import run_script
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from sqair_pyro.cli import OneLineParser, check_device, non_negative_int, positive_int, seed_int
 from sqair_pyro.config import Config, preset
 from sqair_pyro.data import MovingMNISTConfig, load_npz, make_data
 from sqair_pyro.nn import modules
@@ -895,27 +897,29 @@ def print_eval(result: dict[str, Any]) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = OneLineParser(prog=Path(__file__).name, description=__doc__.split("\n")[0])
     p.add_argument(
         "--preset",
         default="mlp-sqair",
         help="any preset of sqair_pyro.config (AIR: batches of single frames)",
     )
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts")
-    p.add_argument("--steps", type=int, default=30, help="timed steps (after the warm-up)")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--batch", type=int, default=32, help="B")
-    p.add_argument("--particles", type=int, default=5, help="K")
-    p.add_argument("--frames", type=int, default=10, help="T")
-    p.add_argument("--objects", type=int, default=3, help="N, max objects")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--threads", type=positive_int, nargs="+", default=[1, 2], help="torch thread counts"
+    )
+    p.add_argument("--steps", type=positive_int, default=30, help="timed steps (after the warm-up)")
+    p.add_argument("--warmup", type=non_negative_int, default=5)
+    p.add_argument("--batch", type=positive_int, default=32, help="B")
+    p.add_argument("--particles", type=positive_int, default=5, help="K")
+    p.add_argument("--frames", type=positive_int, default=10, help="T")
+    p.add_argument("--objects", type=positive_int, default=3, help="N, max objects")
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument(
         "--weights",
         default="trained",
         help="checkpoint path, pretrained:NAME, 'trained' (the shipped checkpoint of the "
         "preset, if any) or 'init' (fresh weights)",
     )
-    p.add_argument("--profile-steps", type=int, default=2, help="0: no time breakdown")
+    p.add_argument("--profile-steps", type=non_negative_int, default=2, help="0: no time breakdown")
     p.add_argument(
         "--mixed-precision",
         action="store_true",
@@ -927,27 +931,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="torch.compile the pure networks (give --warmup 3 or more: compiling is slow)",
     )
-    p.add_argument("--gemm-size", type=int, default=2048)
-    p.add_argument("--gemm-repeats", type=int, default=5)
+    p.add_argument("--gemm-size", type=positive_int, default=2048)
+    p.add_argument("--gemm-repeats", type=positive_int, default=5)
     p.add_argument("--scaling", action="store_true", help="step time against T and N")
-    p.add_argument("--scaling-frames", type=int, nargs="+", default=[3, 5, 10, 20])
-    p.add_argument("--scaling-objects", type=int, nargs="+", default=[3, 6, 12])
-    p.add_argument("--scaling-steps", type=int, default=30)
-    p.add_argument("--scaling-warmup", type=int, default=3)
+    p.add_argument("--scaling-frames", type=positive_int, nargs="+", default=[3, 5, 10, 20])
+    p.add_argument("--scaling-objects", type=positive_int, nargs="+", default=[3, 6, 12])
+    p.add_argument("--scaling-steps", type=positive_int, default=30)
+    p.add_argument("--scaling-warmup", type=non_negative_int, default=3)
     p.add_argument("--eval", action="store_true", help="time estimate_log_px")
-    p.add_argument("--eval-sequences", type=int, default=100)
-    p.add_argument("--eval-particles", type=int, default=1000)
-    p.add_argument("--eval-chunk", type=int, default=100, help="particles at once")
-    p.add_argument("--eval-batch", type=int, default=10, help="sequences at once")
+    p.add_argument("--eval-sequences", type=positive_int, default=100)
+    p.add_argument("--eval-particles", type=positive_int, default=1000)
+    p.add_argument("--eval-chunk", type=positive_int, default=100, help="particles at once")
+    p.add_argument("--eval-batch", type=positive_int, default=10, help="sequences at once")
     p.add_argument(
         "--data", type=Path, help="directory with train.npz/test.npz (default: make a small set)"
     )
-    p.add_argument("--train-size", type=int, default=512, help="sequences of the generated set")
+    p.add_argument(
+        "--train-size", type=positive_int, default=512, help="sequences of the generated set"
+    )
     p.add_argument("--json", type=Path, help="write every number here")
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     p.add_argument("--worker-spec", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.worker:
+        return args
+    try:
+        check_device(args.device)
+    except ValueError as error:
+        p.error(str(error))
+    if args.data is not None and not (args.data / "train.npz").is_file():
+        p.error(f"--data {args.data}: no train.npz there")
+    special = args.weights in ("trained", "init") or args.weights.startswith("pretrained:")
+    if not special and not Path(args.weights).is_file():
+        p.error(f"--weights {args.weights}: no such file")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -1009,4 +1027,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -181,3 +181,68 @@ def test_an_unwritable_folder_is_refused_before_the_work(tiny_data, capsys):
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "cannot write in /sys/kernel" in err and len(err.strip().splitlines()) == 1
+
+
+#: The benchmark scripts' bad input, the same way: (case, script, argv from the fixture's
+#: paths, words of the one line, exit status). Each is refused before its work.
+BENCHMARK_CASES = [
+    ("data_parallel --processes 3 of 32", "data_parallel", lambda p: ["--data", str(p["data"]),
+     "--processes", "3"], "must be at least 2 and divide --batch", 2),
+    ("data_parallel --skip = --steps", "data_parallel", lambda p: ["--data", str(p["data"]),
+     "--steps", "10", "--skip", "10"], "need 0 < --skip < --steps", 2),
+    ("data_parallel data without train.npz", "data_parallel", lambda p: ["--data",
+     str(p["empty_dir"])], "no train.npz there", 2),
+    ("train_step --steps 0", "train_step", lambda p: ["--steps", "0"],
+     "must be a positive integer", 2),
+    ("train_step --threads 0", "train_step", lambda p: ["--threads", "1", "0"],
+     "must be a positive integer", 2),
+    ("train_step --seed -1", "train_step", lambda p: ["--seed", "-1"], "must be 0 to", 2),
+    ("train_step unknown device", "train_step", lambda p: ["--device", "tpu"],
+     "unknown device 'tpu'", 2),
+    ("train_step data without train.npz", "train_step", lambda p: ["--data",
+     str(p["empty_dir"])], "no train.npz there", 2),
+    ("train_step missing weights", "train_step", lambda p: ["--weights",
+     str(p["root"] / "none.pt")], "no such file", 2),
+    ("gradient_terms missing checkpoint", "gradient_terms", lambda p: ["--checkpoint",
+     str(p["root"] / "none.pt"), "--data", str(p["test"])], "no such file", 2),
+    ("gradient_terms --batches 0", "gradient_terms", lambda p: ["--batches", "0"],
+     "must be a positive integer", 2),
+    ("gradient_terms text checkpoint", "gradient_terms", lambda p: ["--checkpoint",
+     str(p["text.pt"]), "--data", str(p["test"])], "found text, not a file written by", 1),
+    ("rediscovery --frames 1", "rediscovery", lambda p: ["--checkpoint", str(p["ckpt"]),
+     "--data", str(p["test"]), "--frames", "1"], "--frames must be at least 2", 2),
+    ("rediscovery of an AIR", "rediscovery", lambda p: ["--checkpoint", str(p["ckpt"]),
+     "--data", str(p["test"])], "not a SQAIR checkpoint", 1),
+    ("empty_objects --images 0", "empty_objects", lambda p: ["--images", "0"],
+     "must be a positive integer", 2),
+    ("posterior_means --seeds 0", "posterior_means", lambda p: ["--seeds", "0"],
+     "must be a positive integer", 2),
+    ("particle_spread --particles 0", "particle_spread", lambda p: ["--particles", "0"],
+     "must be a positive integer", 2),
+    ("precision checkpoint without data", "precision", lambda p: ["--checkpoint",
+     str(p["ckpt"])], "--checkpoint and --data go together", 2),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "script", "argv", "words", "status"),
+    BENCHMARK_CASES,
+    ids=[c[0] for c in BENCHMARK_CASES],
+)
+def test_benchmark_bad_input_is_one_clear_line(
+    files, capsys, monkeypatch, case, script, argv, words, status
+):
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))
+    import importlib
+
+    from gradient_terms import run_script
+
+    try:
+        code = run_script(importlib.import_module(script).main, argv(files))
+    except SystemExit as stopped:  # argparse
+        code = stopped.code
+    err = capsys.readouterr().err
+    assert code == status, err
+    assert words in err and f"{script}.py: " in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err

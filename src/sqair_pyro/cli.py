@@ -344,7 +344,8 @@ def cmd_curves(args: argparse.Namespace) -> None:
     print(f"figure written to {plot_runs(args.out, runs, args.title)}")
 
 
-def _non_negative(text: str) -> int:
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer >= 0."""
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
@@ -371,7 +372,8 @@ def check_device(device: str) -> None:
         raise ValueError(f"no device {device}: this machine has {torch.cuda.device_count()}")
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
@@ -395,7 +397,8 @@ def _side(text: str) -> int:
 MAX_SEED = 2**32 - 1
 
 
-def _seed(text: str) -> int:
+def seed_int(text: str) -> int:
+    """An argparse type: a seed NumPy takes (0 to 2**32 - 1)."""
     value = int(text)
     if not 0 <= value <= MAX_SEED:
         raise argparse.ArgumentTypeError(f"must be 0 to {MAX_SEED}, got {text}")
@@ -419,7 +422,7 @@ def check_output(args: argparse.Namespace) -> None:
         (output_dir if args.out_kind == "dir" else output_file)(out)
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """argparse with bad arguments said in one line (the usage is one ``--help`` away)."""
 
     def error(self, message: str) -> NoReturn:
@@ -427,7 +430,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="sqair-pyro", description=__doc__)
+    parser = OneLineParser(prog="sqair-pyro", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
@@ -436,13 +439,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(train.npz, test.npz)",
     )
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--train-size", type=_non_negative, help="sequences (60000; video: 3150)")
-    p.add_argument("--test-size", type=_non_negative, help="sequences (10000; video: 350)")
-    p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--frames", type=_positive, help="frames per sequence (10; video: 5)")
+    p.add_argument("--train-size", type=non_negative_int, help="sequences (60000; video: 3150)")
+    p.add_argument("--test-size", type=non_negative_int, help="sequences (10000; video: 350)")
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--frames", type=positive_int, help="frames per sequence (10; video: 5)")
     p.add_argument("--mnist-dir", type=Path, help="directory with the four MNIST IDX files")
-    p.add_argument("--min-digits", type=_non_negative, help="fewest digits (0)")
-    p.add_argument("--max-digits", type=_non_negative, help="most digits (2)")
+    p.add_argument("--min-digits", type=non_negative_int, help="fewest digits (0)")
+    p.add_argument("--max-digits", type=non_negative_int, help="most digits (2)")
     p.add_argument("--canvas", type=_side, nargs=2, metavar=("H", "W"), help="(50 50)")
     p.add_argument("--max-speed", type=_non_negative_float, help="pixels per frame per axis (10)")
     p.add_argument("--max-acceleration", type=_non_negative_float, help="pixels/frame^2 (3)")
@@ -454,10 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
         "subtraction, crops and proxy ground truth (sqair_pyro.data.video)",
     )
     p.add_argument("--resize", type=_side, nargs=2, metavar=("H", "W"), help="(240 320)")
-    p.add_argument("--crop", type=_positive, help="crop side in pixels (64)")
-    p.add_argument("--max-objects", type=_positive, help="per frame of a sequence (3)")
-    p.add_argument("--min-area", type=_positive, help="pixels of a proxy object (40)")
-    p.add_argument("--every", type=_positive, help="keep every n-th frame (1)")
+    p.add_argument("--crop", type=positive_int, help="crop side in pixels (64)")
+    p.add_argument("--max-objects", type=positive_int, help="per frame of a sequence (3)")
+    p.add_argument("--min-area", type=positive_int, help="pixels of a proxy object (40)")
+    p.add_argument("--every", type=positive_int, help="keep every n-th frame (1)")
     p.set_defaults(func=cmd_make_data, out_kind="dir")
 
     p = sub.add_parser(
@@ -468,8 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", type=Path, required=True, help="data file (.npz), or a directory: its test.npz"
     )
     p.add_argument("--out", type=Path, required=True, help="figure (.png)")
-    p.add_argument("--sequences", type=_positive, default=3)
-    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--sequences", type=positive_int, default=3)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.set_defaults(func=cmd_futures, out_kind="file")
 
     p = sub.add_parser(
@@ -483,10 +486,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--resize", type=_side, nargs=2, default=[240, 320], metavar=("H", "W"),
         help="as the model's training data were made (make-data --video)",
     )  # fmt: skip
-    p.add_argument("--every", type=_positive, default=1, help="keep every n-th frame")
-    p.add_argument("--max-frames", type=_positive, help="only the first frames")
-    p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--threads", type=_non_negative, default=0, help="torch threads (0: default)")
+    p.add_argument("--every", type=positive_int, default=1, help="keep every n-th frame")
+    p.add_argument("--max-frames", type=positive_int, help="only the first frames")
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--threads", type=non_negative_int, default=0, help="torch threads (0: default)")
     p.set_defaults(func=cmd_track, out_kind="dir")
 
     p = sub.add_parser(
@@ -499,12 +502,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--size", type=_side, nargs=2, default=[50, 50], metavar=("H", "W"), help="resize to"
     )
     p.add_argument("--colour", action="store_true", help="keep colour (default: grey)")
-    p.add_argument("--length", type=_positive, default=10, help="frames per sequence (T)")
+    p.add_argument("--length", type=positive_int, default=10, help="frames per sequence (T)")
     p.add_argument(
-        "--stride", type=_positive, help="frames between sequence starts (default: --length)"
+        "--stride", type=positive_int, help="frames between sequence starts (default: --length)"
     )
-    p.add_argument("--every", type=_positive, default=1, help="keep every n-th frame")
-    p.add_argument("--max-sequences", type=_positive, help="stop after this many sequences")
+    p.add_argument("--every", type=positive_int, default=1, help="keep every n-th frame")
+    p.add_argument("--max-sequences", type=positive_int, help="stop after this many sequences")
     p.set_defaults(func=cmd_import_frames, out_kind="file")
 
     p = sub.add_parser("train", help="train a model with SVI")
@@ -523,16 +526,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument(
-        "--threads", type=_non_negative, default=0, help="torch threads (0: torch's default)"
+        "--threads", type=non_negative_int, default=0, help="torch threads (0: torch's default)"
     )
-    p.add_argument("--steps", type=_positive, help="train to this step (total)")
+    p.add_argument("--steps", type=positive_int, help="train to this step (total)")
     p.add_argument("--objective", choices=CHOICES["objective"])
     p.add_argument("--optimizer", choices=CHOICES["optimizer"])
     p.add_argument("--lr", type=float)
     p.add_argument("--clip-norm", type=float)
     p.add_argument("--particles", dest="num_particles", type=int, help="K per datum")
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--seed", type=_seed)
+    p.add_argument("--seed", type=seed_int)
     p.add_argument(
         "--set",
         type=_parse_override,
@@ -569,17 +572,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, required=True, help="where to write the JSON report")
     p.add_argument(
-        "--particles", type=_positive, default=1000, help="K of the IWAE bound (paper: 1000)"
+        "--particles", type=positive_int, default=1000, help="K of the IWAE bound (paper: 1000)"
     )
     p.add_argument(
-        "--sequences", type=_positive, help="evaluate the first N sequences (default: all)"
+        "--sequences", type=positive_int, help="evaluate the first N sequences (default: all)"
     )
-    p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--batch-size", type=_positive, default=10, help="sequences per batch")
-    p.add_argument("--chunk-size", type=_positive, default=100, help="particles drawn at once")
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=10, help="sequences per batch")
+    p.add_argument("--chunk-size", type=positive_int, default=100, help="particles drawn at once")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument(
-        "--threads", type=_non_negative, default=0, help="torch threads (0: torch's default)"
+        "--threads", type=non_negative_int, default=0, help="torch threads (0: torch's default)"
     )
     p.add_argument(
         "--iou-threshold", type=_unit_interval, default=0.5, help="IoU of a match (MOTA, IDF1)"
@@ -617,21 +620,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, required=True, help="directory for the figures")
     p.add_argument(
-        "--sequences", type=_positive, default=4, help="sequences (and prior samples) shown"
+        "--sequences", type=positive_int, default=4, help="sequences (and prior samples) shown"
     )
-    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument(
         "--run", type=Path, help="run directory with metrics.csv (default: the checkpoint's)"
     )
     p.add_argument(
         "--observed",
-        type=_positive,
+        type=positive_int,
         default=3,
         help="frames the conditional generation sees before it imagines the rest",
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument(
-        "--threads", type=_non_negative, default=0, help="torch threads (0: torch's default)"
+        "--threads", type=non_negative_int, default=0, help="torch threads (0: torch's default)"
     )
     p.set_defaults(func=cmd_show, out_kind="dir")
 
@@ -640,9 +643,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", type=Path, help="default: the best shipped pretrained model")
     p.add_argument("--data", type=Path, required=True, help="directory with train.npz and test.npz")
-    p.add_argument("--train-sequences", type=_positive, default=2000, help="first N of train.npz")
-    p.add_argument("--test-sequences", type=_positive, default=500, help="first N of test.npz")
-    p.add_argument("--epochs", type=_positive, default=20, help="classifier epochs")
+    p.add_argument(
+        "--train-sequences", type=positive_int, default=2000, help="first N of train.npz"
+    )
+    p.add_argument("--test-sequences", type=positive_int, default=500, help="first N of test.npz")
+    p.add_argument("--epochs", type=positive_int, default=20, help="classifier epochs")
     p.add_argument(
         "--features",
         choices=["sample", "mean"],
@@ -651,14 +656,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--draws",
-        type=_positive,
+        type=positive_int,
         default=1,
         help="posterior draws of each training frame; epoch e trains on draw e mod DRAWS",
     )
-    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--out", type=Path, help="also write the report as JSON")
     p.add_argument(
-        "--threads", type=_non_negative, default=0, help="torch threads (0: torch's default)"
+        "--threads", type=non_negative_int, default=0, help="torch threads (0: torch's default)"
     )
     p.set_defaults(func=cmd_addition, out_kind="file")
 
@@ -672,9 +677,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", type=Path, required=True, help="data file (.npz), or a directory: its test.npz"
     )
     p.add_argument("--out", type=Path, required=True, help="JSON report (figure beside it, .png)")
-    p.add_argument("--observed", type=_positive, default=3, help="frames seen (paper: 3)")
-    p.add_argument("--sequences", type=_positive, help="the first N sequences (default: all)")
-    p.add_argument("--batch-size", type=_positive, default=50)
+    p.add_argument("--observed", type=positive_int, default=3, help="frames seen (paper: 3)")
+    p.add_argument("--sequences", type=positive_int, help="the first N sequences (default: all)")
+    p.add_argument("--batch-size", type=positive_int, default=50)
     p.add_argument(
         "--match-iou", type=_unit_interval, default=0.5, help="IoU to match objects to digits"
     )
@@ -685,9 +690,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="sample",
         help="draw the continuous latents (the paper's figures) or take their means",
     )
-    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument(
-        "--threads", type=_non_negative, default=0, help="torch threads (0: torch's default)"
+        "--threads", type=non_negative_int, default=0, help="torch threads (0: torch's default)"
     )
     p.set_defaults(func=cmd_forecast, out_kind="file")
 
@@ -710,11 +715,11 @@ def build_parser() -> argparse.ArgumentParser:
         "train-digits", help="train the MNIST digit classifier that judges imagined glimpses"
     )
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--epochs", type=_positive, default=6)
-    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--epochs", type=positive_int, default=6)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--mnist-dir", type=Path, help="directory with the four MNIST IDX files")
     p.add_argument(
-        "--threads", type=_non_negative, default=0, help="torch threads (0: torch's default)"
+        "--threads", type=non_negative_int, default=0, help="torch threads (0: torch's default)"
     )
     p.set_defaults(func=cmd_train_digits, out_kind="file")
     return parser
