@@ -28,10 +28,10 @@ import numpy as np
 import pyro
 import torch
 
-from sqair_pyro.checkpoint import CheckpointError, load_checkpoint
+from sqair_pyro.checkpoint import load_checkpoint
 from sqair_pyro.cli import OneLineParser, positive_int, seed_int
 from sqair_pyro.data import load_npz
-from sqair_pyro.errors import one_line
+from sqair_pyro.errors import command_errors, one_line
 from sqair_pyro.optim import component_of
 from sqair_pyro.train import SequenceBatches, make_objective
 
@@ -79,7 +79,7 @@ def run_script(main: Callable[[list[str] | None], None], argv: list[str] | None 
     script = Path(inspect.getfile(main)).name
     try:
         main(argv)
-    except (OSError, ValueError, MemoryError, CheckpointError) as error:
+    except command_errors() as error:
         print(f"{script}: error: {one_line(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -727,8 +727,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from sqair_pyro.checkpoint import CheckpointError
-    from sqair_pyro.errors import one_line
+    from sqair_pyro.errors import command_errors, one_line
     from sqair_pyro.train import TrainingDivergedError, TrainingInterruptedError
 
     try:
@@ -740,7 +739,7 @@ def main(argv: list[str] | None = None) -> int:
 
             torch.set_num_threads(args.threads)
         args.func(args)
-    except (OSError, ValueError, MemoryError, CheckpointError, TrainingDivergedError) as error:
+    except (*command_errors(), TrainingDivergedError) as error:
         print(f"sqair-pyro {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 1
     except TrainingInterruptedError as stopped:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["one_line"]
+__all__ = ["command_errors", "one_line"]
 
 
 def one_line(error: BaseException, with_type: bool = False) -> str:
@@ -17,3 +17,11 @@ def one_line(error: BaseException, with_type: bool = False) -> str:
     if not text:
         return type(error).__name__
     return f"{type(error).__name__}: {text}" if with_type else text
+
+
+def command_errors() -> tuple[type[BaseException], ...]:
+    """What a command (``sqair-pyro`` or a benchmark script) reports as one line and exit
+    status 1: a file it cannot use, a value out of range, memory, a damaged checkpoint."""
+    from sqair_pyro.checkpoint import CheckpointError  # torch: only once something failed
+
+    return (OSError, ValueError, MemoryError, CheckpointError)
