@@ -5,7 +5,8 @@ Two measurements, in one process on ``--threads`` threads:
 
 - ``decoders``: CONV-SQAIR's (20x20) and the pedestrian model's (28x12) subpixel decoders with
   fresh weights, forward and backward on ``--glimpses`` glimpses, in float32 and under mixed
-  precision (bfloat16 hidden layers), alternating, ``--repeats`` pairs: seconds of each.
+  precision (bfloat16 hidden layers), each with the decoder's channels-last maps and with
+  contiguous ones, alternating, ``--repeats`` rounds: seconds of each.
 - ``log_weights``: the same latents (one guide draw, replayed) scored in float32 and under
   mixed precision, for ``--checkpoint`` on the first ``--sequences`` sequences of ``--data``
   (``--frames`` frames), ``--particles`` particles: the shift of every log weight, with the
@@ -24,6 +25,7 @@ import statistics
 import sys
 import time
 import types
+from functools import partial
 
 import pyro
 import pyro.poutine as poutine
@@ -39,15 +41,28 @@ from sqair_pyro.nn.precision import keep_float32_outputs, matmul_precision
 from sqair_pyro.train import make_objective, warm_start
 
 
-def time_decoder(decoder: torch.nn.Module, z_what: torch.Tensor, repeats: int) -> dict:
-    """Seconds of a forward and backward pass, float32 and mixed precision alternating."""
+def decode_contiguous(decoder: GlimpseDecoderSubpixel, z_what: torch.Tensor) -> torch.Tensor:
+    """The decoder's layers on maps in the default (contiguous) layout instead of its own
+    channels-last one: the layout it had before session 18, for comparison."""
+    maps = decoder.fc(z_what).reshape(len(z_what), decoder.start_channels, *decoder.start)
+    return decoder.intensities(decoder.net[:-1](maps))
+
+
+def time_decoder(decoder: GlimpseDecoderSubpixel, z_what: torch.Tensor, repeats: int) -> dict:
+    """Seconds of a forward and backward pass in float32 and in mixed precision, each in the
+    decoder's channels-last layout and in the contiguous one, alternating."""
     keep_float32_outputs(decoder)
-    seconds: dict[str, list[float]] = {"float32": [], "bfloat16": []}
-    for _ in range(repeats + 1):  # the first pair warms up
-        for name, low in (("float32", False), ("bfloat16", True)):
+    variants = {
+        f"{precision}{suffix}": (low, run)
+        for precision, low in (("float32", False), ("bfloat16", True))
+        for suffix, run in (("", decoder), (" contiguous", partial(decode_contiguous, decoder)))
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats + 1):  # the first round warms up
+        for name, (low, run) in variants.items():
             start = time.perf_counter()
             with matmul_precision(low):
-                decoder(z_what).square().sum().backward()
+                run(z_what).square().sum().backward()
             seconds[name].append(time.perf_counter() - start)
     return {
         name: {"median_s": statistics.median(t[1:]), "each_s": t[1:]} for name, t in seconds.items()
