@@ -158,6 +158,16 @@ CASES = [
      "finite number >= 0", 2),
     ("evaluate --particles 0", lambda p: [*_ev(p), "--particles", "0"],
      "must be a positive integer", 2),
+    ("export-weights over its checkpoint", lambda p: ["export-weights", "--checkpoint",
+     str(p["ckpt"]), "--out", str(p["ckpt"])], "is the checkpoint itself", 1),
+    ("export-weights missing checkpoint", lambda p: ["export-weights", "--checkpoint",
+     str(p["root"] / "none.pt"), "--out", "w.pt"], "not found", 1),
+    ("export-weights of text", lambda p: ["export-weights", "--checkpoint", str(p["text.pt"]),
+     "--out", "w.pt"], "found text, not a file written by", 1),
+    ("export-weights without a model", lambda p: ["export-weights", "--checkpoint",
+     str(p["no_model.pt"]), "--out", "w.pt"], "has no 'model'", 1),
+    ("export-weights --out a folder", lambda p: ["export-weights", "--checkpoint",
+     str(p["ckpt"]), "--out", str(p["empty_dir"])], "is a folder", 1),
 ]  # fmt: skip
 
 

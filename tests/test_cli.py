@@ -147,6 +147,43 @@ def test_resume_without_preset_uses_the_runs_own_settings(tiny_data, tmp_path):
     assert main(["train", *run]) == 1  # neither a preset nor a run to resume
 
 
+def test_export_weights_keeps_the_weights_and_drops_the_training_state(tiny_data, tmp_path, capsys):
+    import json
+
+    import torch
+
+    from sqair_pyro.checkpoint import WEIGHT_KEYS, read_checkpoint
+
+    run = tmp_path / "run"
+    train = ["train", "--preset", "mlp-sqair", "--data", str(tiny_data), "--out", str(run)]
+    assert main([*train, "--steps", "2", "--set", "hidden=16", "--set", "validation_size=4"]) == 0
+    weights = tmp_path / "w.pt"
+    assert (
+        main(["export-weights", "--checkpoint", str(run / "last.pt"), "--out", str(weights)]) == 0
+    )
+    assert f"wrote {weights}: weights only" in capsys.readouterr().out
+    full, exported = read_checkpoint(run / "last.pt"), read_checkpoint(weights)  # checksum holds
+    assert "optimizer" in full and sorted(exported) == sorted([*WEIGHT_KEYS, "checksum"])
+    assert weights.stat().st_size < (run / "last.pt").stat().st_size / 2
+    for part in ("model", "guide"):
+        assert full[part].keys() == exported[part].keys()
+        assert all(torch.equal(full[part][k], exported[part][k]) for k in full[part])
+    reports = []
+    for checkpoint in (run / "last.pt", weights):  # the same evaluation from either file
+        out = tmp_path / f"{checkpoint.stem}.json"
+        evaluate = [
+            "evaluate",
+            "--checkpoint",
+            str(checkpoint),
+            "--data",
+            str(tiny_data / "test.npz"),
+        ]
+        assert main([*evaluate, "--particles", "2", "--sequences", "3", "--out", str(out)]) == 0
+        reports.append(json.loads(out.read_text()))
+    assert reports[0]["log_px"] == reports[1]["log_px"]
+    assert reports[0]["checkpoint_step"] == reports[1]["checkpoint_step"] == 2
+
+
 def test_curves_of_several_runs(tmp_path, capsys):
     for name, values in (("a", (100.0, 150.0)), ("b", (120.0, 110.0))):
         run = tmp_path / name

@@ -178,6 +178,22 @@ def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict[
     return payload
 
 
+#: What a weights-only checkpoint keeps: enough to evaluate, show, forecast and warm-start
+#: (``init_from``) from it, and its training clock; not enough to resume training exactly.
+WEIGHT_KEYS = ("format", "version", "config", "model", "guide", "step", "elapsed_s")
+
+
+def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Write ``checkpoint``'s weights alone (:data:`WEIGHT_KEYS`: no optimiser, scheduler or
+    random-number state) to ``out``, atomically and with its checksum: the file to share or
+    commit, about a third of a training state's size."""
+    source, out = Path(checkpoint), Path(out)
+    if out.exists() and out.resolve() == source.resolve():
+        raise CheckpointError(f"{out} is the checkpoint itself: write its weights to another file")
+    payload = read_checkpoint(source)
+    return save_atomic(with_checksum({k: payload[k] for k in WEIGHT_KEYS if k in payload}), out)
+
+
 def state_mismatch(module: nn.Module, state: dict[str, Any]) -> str | None:
     """How ``state`` fails to fit ``module``'s parameters and buffers, in one line, or None."""
     own = module.state_dict()

@@ -318,6 +318,17 @@ def _run_spec(text: str) -> tuple[Path, float]:
     return Path(path), before
 
 
+def cmd_export_weights(args: argparse.Namespace) -> None:
+    from sqair_pyro.checkpoint import export_weights
+
+    out = export_weights(args.checkpoint, args.out)
+    mib = 2**20
+    print(
+        f"wrote {out}: weights only, {out.stat().st_size / mib:.1f} MiB "
+        f"(the checkpoint: {args.checkpoint.stat().st_size / mib:.1f} MiB)"
+    )
+
+
 def cmd_curves(args: argparse.Namespace) -> None:
     import numpy as np
 
@@ -710,6 +721,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="figure (.png)")
     p.add_argument("--title")
     p.set_defaults(func=cmd_curves, out_kind="file")
+
+    p = sub.add_parser(
+        "export-weights",
+        help="a checkpoint's weights without its optimiser state: the file to share or commit",
+    )
+    p.add_argument("--checkpoint", type=Path, required=True, help="a run's last.pt or best.pt")
+    p.add_argument("--out", type=Path, required=True, help="weights file (.pt)")
+    p.set_defaults(func=cmd_export_weights, out_kind="file")
 
     p = sub.add_parser(
         "train-digits", help="train the MNIST digit classifier that judges imagined glimpses"

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from sqair_pyro.checkpoint import load_checkpoint, read_checkpoint, save_atomic, with_checksum
+from sqair_pyro.checkpoint import export_weights, load_checkpoint
 from sqair_pyro.config import Config
 
 
@@ -59,11 +59,9 @@ def pretrained_metrics(name: str) -> dict[str, Any]:
 def export(
     checkpoint: str | os.PathLike, out: str | os.PathLike, metrics: dict[str, Any] | None = None
 ) -> Path:
-    """Write a training checkpoint's config and weights only (no optimiser state) to ``out``."""
-    payload = read_checkpoint(checkpoint)
-    slim = {k: payload[k] for k in ("format", "version", "config", "model", "guide")}
-    slim["step"], slim["elapsed_s"] = payload.get("step"), payload.get("elapsed_s")
-    out = save_atomic(with_checksum(slim), out)
+    """Write a training checkpoint's config and weights only (no optimiser state) to ``out``
+    (:func:`sqair_pyro.checkpoint.export_weights`), and ``metrics`` beside it as JSON."""
+    out = export_weights(checkpoint, out)
     if metrics is not None:
         Path(out).with_suffix(".json").write_text(json.dumps(metrics, indent=2) + "\n")
     return out
