@@ -3,6 +3,7 @@ work with exit status 1 (2 for argparse), one line on stderr that names the prob
 traceback. A new command adds its rows here."""
 
 import io
+import os
 import zipfile
 from pathlib import Path
 
@@ -45,6 +46,9 @@ def files(tiny_data, tmp_path_factory):
     write("text.pt", "hello\n")
     write("empty.pt", b"")
     write("a_file", "x")
+    write("ckpt_copy.pt", ckpt.read_bytes())
+    paths["fifo"] = root / "fifo"
+    os.mkfifo(paths["fifo"])
     write("bad_syntax.py", "def (:\n")
     write("raises.py", "raise RuntimeError('boom')\n")
     write("exits.py", "import sys\nsys.exit(3)\n")
@@ -159,7 +163,9 @@ CASES = [
     ("evaluate --particles 0", lambda p: [*_ev(p), "--particles", "0"],
      "must be a positive integer", 2),
     ("export-weights over its checkpoint", lambda p: ["export-weights", "--checkpoint",
-     str(p["ckpt"]), "--out", str(p["ckpt"])], "is the checkpoint itself", 1),
+     str(p["ckpt_copy.pt"]), "--out", str(p["ckpt_copy.pt"])], "is the checkpoint itself", 1),
+    ("export-weights --out a fifo", lambda p: ["export-weights", "--checkpoint", str(p["ckpt"]),
+     "--out", str(p["fifo"])], "is not a regular file", 1),
     ("export-weights missing checkpoint", lambda p: ["export-weights", "--checkpoint",
      str(p["root"] / "none.pt"), "--out", "w.pt"], "not found", 1),
     ("export-weights of text", lambda p: ["export-weights", "--checkpoint", str(p["text.pt"]),

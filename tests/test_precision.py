@@ -165,9 +165,15 @@ def test_the_subpixel_decoder_in_channels_last_computes_the_same_glimpses():
     torch.manual_seed(0)
     decoder = GlimpseDecoderSubpixel(8, [32, 200], (5, 5), [8, 8, 8], [1, 2, 2], (20, 20))
     z_what = torch.randn(2, 7, 8, requires_grad=True)
+    layouts = []
+    hook = decoder.net[0].register_forward_pre_hook(
+        lambda _, inputs: layouts.append(inputs[0].is_contiguous(memory_format=torch.channels_last))
+    )
     fast = decoder(z_what)
     maps = decoder.fc(z_what).reshape(14, decoder.start_channels, 5, 5)
-    assert maps.is_contiguous()
+    decoder.net[0](maps)  # the reference layout, seen by the hook too
+    hook.remove()
+    assert layouts == [True, False]
     reference = decoder.intensities(decoder.net[:-1](maps)).reshape(2, 7, 20, 20)
     assert fast.shape == reference.shape
     assert torch.allclose(fast, reference, atol=1e-5)

@@ -39,6 +39,8 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     A crash mid-write leaves the previous file intact, never a truncated one.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise CheckpointError(f"{path} exists and is not a regular file; write elsewhere")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -188,7 +190,7 @@ def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Pat
     random-number state) to ``out``, atomically and with its checksum: the file to share or
     commit, about a third of a training state's size."""
     source, out = Path(checkpoint), Path(out)
-    if out.exists() and out.resolve() == source.resolve():
+    if out.exists() and out.samefile(source):
         raise CheckpointError(f"{out} is the checkpoint itself: write its weights to another file")
     payload = read_checkpoint(source)
     return save_atomic(with_checksum({k: payload[k] for k in WEIGHT_KEYS if k in payload}), out)

@@ -188,7 +188,8 @@ class GlimpseDecoderSubpixel(nn.Module):
     the float32 output layer spares the logits one more bfloat16 rounding. Its maps are laid
     out channels-last, which oneDNN's CPU convolutions run faster than the contiguous layout:
     1.21x in bfloat16 on 163 glimpses (a frame of a batch), 1.34x on 480, forward and
-    backward (docs/results.md, "The decoder's maps channels-last").
+    backward (docs/results.md, "The decoder's maps channels-last"); measured on the CPU only,
+    never on a GPU.
     """
 
     def __init__(
