@@ -171,10 +171,9 @@ def test_the_subpixel_decoder_in_channels_last_computes_the_same_glimpses():
     )
     fast = decoder(z_what)
     maps = decoder.fc(z_what).reshape(14, decoder.start_channels, 5, 5)
-    decoder.net[0](maps)  # the reference layout, seen by the hook too
-    hook.remove()
-    assert layouts == [True, False]
     reference = decoder.intensities(decoder.net[:-1](maps)).reshape(2, 7, 20, 20)
+    hook.remove()
+    assert layouts == [True, False]  # what the first convolution saw: the decoder's, then ours
     assert fast.shape == reference.shape
     assert torch.allclose(fast, reference, atol=1e-5)
     (grad_fast,) = torch.autograd.grad(fast.square().sum(), z_what)

@@ -190,9 +190,9 @@ def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Pat
     random-number state) to ``out``, atomically and with its checksum: the file to share or
     commit, about a third of a training state's size."""
     source, out = Path(checkpoint), Path(out)
+    payload = read_checkpoint(source)  # first: a missing or damaged source is said as such
     if out.exists() and out.samefile(source):
         raise CheckpointError(f"{out} is the checkpoint itself: write its weights to another file")
-    payload = read_checkpoint(source)
     return save_atomic(with_checksum({k: payload[k] for k in WEIGHT_KEYS if k in payload}), out)
 
 
