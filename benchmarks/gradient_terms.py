@@ -32,6 +32,7 @@ from sqair_pyro.checkpoint import load_checkpoint
 from sqair_pyro.cli import OneLineParser, positive_int, seed_int
 from sqair_pyro.data import load_npz
 from sqair_pyro.errors import command_errors, one_line
+from sqair_pyro.nn.precision import fast_numerics
 from sqair_pyro.optim import component_of
 from sqair_pyro.train import SequenceBatches, make_objective
 
@@ -92,7 +93,7 @@ def load_programs(args: argparse.Namespace) -> tuple:
     """``(config, model, guide)`` of ``--checkpoint``, with the threads, Pyro's validation
     off (as in training) and the seed set."""
     torch.set_num_threads(args.threads)
-    pyro.enable_validation(False)
+    fast_numerics()
     pyro.set_rng_seed(args.seed)
     config, model, guide, _ = load_checkpoint(args.checkpoint)
     return config, model, guide

@@ -37,7 +37,7 @@ from sqair_pyro.cli import positive_int
 from sqair_pyro.config import preset
 from sqair_pyro.data import load_npz
 from sqair_pyro.nn.modules import GlimpseDecoderSubpixel
-from sqair_pyro.nn.precision import keep_float32_outputs, matmul_precision
+from sqair_pyro.nn.precision import fast_numerics, keep_float32_outputs, matmul_precision
 from sqair_pyro.train import make_objective, warm_start
 
 
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     if (args.checkpoint is None) != (args.data is None):
         parser.error("--checkpoint and --data go together (log weights of its sequences)")
     torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)  # as training runs
+    fast_numerics()  # as training runs
     report: dict = {"threads": args.threads, "glimpses": args.glimpses, "decoders": {}}
     for name, networks in (
         ("conv-sqair", conv_networks),
@@ -132,7 +132,6 @@ def main(argv: list[str] | None = None) -> None:
         report["decoders"][name] = time_decoder(decoder, z_what, args.repeats)
     if args.checkpoint is not None:
         if args.as_preset:
-            pyro.enable_validation(False)  # as load_programs and training do
             pyro.set_rng_seed(args.seed)  # the networks the checkpoint does not hold
             config = preset(args.as_preset)
             model, guide = build(config)

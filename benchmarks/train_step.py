@@ -40,6 +40,7 @@ from sqair_pyro.cli import OneLineParser, check_device, non_negative_int, positi
 from sqair_pyro.config import Config, preset
 from sqair_pyro.data import MovingMNISTConfig, load_npz, make_data
 from sqair_pyro.nn import modules
+from sqair_pyro.nn.precision import fast_numerics
 from sqair_pyro.pretrained import available
 from sqair_pyro.train import SequenceBatches, Trainer, warm_start
 
@@ -203,8 +204,7 @@ def instrumented(trainer: Trainer) -> Iterator[None]:
 def configure(threads: int) -> None:
     """Thread count and the global settings training uses (``sqair_pyro.train.train``)."""
     torch.set_num_threads(threads)
-    torch.set_flush_denormal(True)
-    pyro.enable_validation(False)
+    fast_numerics()
 
 
 def make_config(

@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 
+import pyro
 import pytest
 
 from sqair_pyro.cli import main
@@ -123,9 +124,13 @@ def test_readme_python_api_runs(tmp_path, monkeypatch):
 def test_evaluate_defaults_to_the_shipped_model(tiny_data, tmp_path, capsys):
     import json
 
+    from pyro.distributions.util import is_validation_enabled
+
     out = tmp_path / "r.json"
     args = ["evaluate", "--data", str(tiny_data / "test.npz"), "--out", str(out)]
+    pyro.enable_validation(True)
     assert main([*args, "--particles", "2", "--sequences", "3"]) == 0
+    assert not is_validation_enabled()  # evaluates under training's numerics
     report = json.loads(out.read_text())
     assert report["checkpoint"].endswith("mlp-sqair.pt")  # SQAIR first
     assert report["mixed_precision"] is False

@@ -4,12 +4,13 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from conftest import small_config
+from pyro.distributions.util import is_validation_enabled
 from pyro.poutine.util import site_is_subsample
 
 from sqair_pyro.build import build
 from sqair_pyro.data import load_npz
 from sqair_pyro.nn.modules import GlimpseDecoderSubpixel
-from sqair_pyro.nn.precision import keep_float32_outputs, matmul_precision
+from sqair_pyro.nn.precision import fast_numerics, keep_float32_outputs, matmul_precision
 from sqair_pyro.nn.spatial_transformer import glimpse, place
 from sqair_pyro.train import make_objective
 
@@ -179,3 +180,13 @@ def test_the_subpixel_decoder_in_channels_last_computes_the_same_glimpses():
     (grad_fast,) = torch.autograd.grad(fast.square().sum(), z_what)
     (grad_reference,) = torch.autograd.grad(reference.square().sum(), z_what)
     assert torch.allclose(grad_fast, grad_reference, atol=1e-5, rtol=1e-4)
+
+
+def test_fast_numerics_flushes_denormals_and_skips_pyro_validation():
+    pyro.enable_validation(True)
+    torch.set_flush_denormal(False)
+    tiny = torch.tensor([1e-39])  # below float32's smallest normal number, 1.18e-38
+    assert (tiny * 1.0).item() > 0 and is_validation_enabled()
+    fast_numerics()
+    assert (tiny * 1.0).item() == 0.0
+    assert not is_validation_enabled()

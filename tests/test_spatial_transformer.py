@@ -53,6 +53,24 @@ def test_glimpse_is_bilinear_sampling_at_the_mapped_pixel_centres(size):
     torch.testing.assert_close(glimpse(image[None], z_where, size)[0], expected)
 
 
+def test_glimpse_equals_grid_sample_on_affine_grid():
+    """The per-axis grid is affine_grid's, values and gradients (float64, 1e-10), broadcast
+    over a (4, 3) batch of objects on 4 images, glimpses wider than tall."""
+    gen = torch.Generator().manual_seed(3)
+    images = torch.rand(4, 1, 50, 50, generator=gen, dtype=torch.float64)
+    z_where = _random_z_where(12, gen).view(4, 3, 4).requires_grad_()
+    got = glimpse(images.squeeze(1)[:, None], z_where, (7, 11))
+    grid = F.affine_grid(_theta(z_where), [12, 1, 7, 11], align_corners=False)
+    flat = images.expand(4, 3, 50, 50).reshape(12, 1, 50, 50)
+    expected = F.grid_sample(flat, grid, align_corners=False).view(4, 3, 7, 11)
+    torch.testing.assert_close(got, expected, atol=1e-10, rtol=0)
+    weights = torch.rand(4, 3, 7, 11, generator=gen, dtype=torch.float64)
+    (grad_got,) = torch.autograd.grad((got * weights).sum(), z_where)
+    (grad_expected,) = torch.autograd.grad((expected * weights).sum(), z_where)
+    torch.testing.assert_close(grad_got, grad_expected, atol=1e-10, rtol=0)
+    assert grad_got.abs().sum() > 0
+
+
 def test_place_equals_grid_sample_with_inverse_transform():
     """Placement is grid_sample with the inverse affine map x -> (x - t) / s."""
     gen = torch.Generator().manual_seed(1)

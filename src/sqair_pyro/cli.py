@@ -757,6 +757,9 @@ def main(argv: list[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
+        from sqair_pyro.nn.precision import fast_numerics
+
+        fast_numerics()  # every command computes as training does
         args.func(args)
     except (*command_errors(), TrainingDivergedError) as error:
         print(f"sqair-pyro {args.command}: error: {one_line(error)}", file=sys.stderr)

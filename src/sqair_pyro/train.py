@@ -41,7 +41,7 @@ from sqair_pyro.distributed import (
 )
 from sqair_pyro.infer import VIMCO_ELBO, LatentWeights, annealed_weights
 from sqair_pyro.infer.vimco import backward_parts
-from sqair_pyro.nn.precision import keep_float32_outputs, matmul_precision
+from sqair_pyro.nn.precision import fast_numerics, keep_float32_outputs, matmul_precision
 from sqair_pyro.optim import clip_by_component, components
 from sqair_pyro.tracking import new_objects_per_frame
 
@@ -730,8 +730,7 @@ def train(
     bound; stops after ``num_steps`` or when validation stops improving. Returns ``best.pt``
     (or ``last.pt`` if never validated).
     """
-    torch.set_flush_denormal(True)
-    pyro.enable_validation(False)
+    fast_numerics()
     workers, device = setup(device)
     progress = progress and workers.main
     out_dir = Path(out_dir)

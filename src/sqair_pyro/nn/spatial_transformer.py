@@ -11,7 +11,7 @@ Bilinear sampling, zero padding, ``align_corners=False`` throughout. Because the
 scale and a shift per axis, resampling an ``H x W`` image onto a ``h x w`` grid is separable:
 ``A_y @ image @ A_x^T`` with the "hat" weights ``A[i, p] = max(0, 1 - |coord_i - p|)``.
 Placement uses those two small matrix products (2.9x faster than ``grid_sample`` here);
-extraction uses ``affine_grid`` + ``grid_sample``, which is faster in that direction.
+extraction uses ``grid_sample`` (faster in that direction) on a grid built per axis.
 
 - :func:`glimpse`  ``g = ST(x, z_where)``: extract a glimpse from an image.
 - :func:`place`    ``y = ST^{-1}(g, z_where)``: draw a glimpse onto a canvas (the inverse).
@@ -51,7 +51,11 @@ def glimpse(images: torch.Tensor, z_where: torch.Tensor, size: tuple[int, int]) 
     """Extract glimpses ``g = ST(x, z_where)`` (paper Alg. 2 line 7, Alg. 3 line 10).
 
     Uses ``grid_sample`` (measured 2.3x faster than the separable products here for
-    extraction, forward and backward); it computes the same bilinear weights.
+    extraction, forward and backward); it computes the same bilinear weights. Its sampling
+    grid is built from the scale and shift of each axis directly: ``affine_grid`` multiplies
+    a full 2x3 matrix into every grid point, a batched product of tiny matrices that took 4-5x
+    longer forward and backward on 700 glimpses (docs/results.md, "Evaluation under
+    training's numerics").
 
     :param images: ``(*batch, H, W)`` images.
     :param z_where: ``(*batch, 4)`` as ``(s_x, s_y, t_x, t_y)``; batch dims broadcast.
@@ -59,13 +63,16 @@ def glimpse(images: torch.Tensor, z_where: torch.Tensor, size: tuple[int, int]) 
     :returns: ``(*batch, height, width)`` glimpses.
     """
     batch = torch.broadcast_shapes(images.shape[:-2], z_where.shape[:-1])
-    if batch.numel() == 0:  # affine_grid refuses an empty batch
+    if batch.numel() == 0:  # grid_sample refuses an empty batch
         return images.new_zeros(*batch, *size)
-    sx, sy, tx, ty = z_where.expand(*batch, 4).reshape(-1, 4).unbind(-1)
-    zero = torch.zeros_like(sx)
-    theta = torch.stack([sx, zero, tx, zero, sy, ty], dim=-1).view(-1, 2, 3)
-    grid = F.affine_grid(theta, [theta.shape[0], 1, *size], align_corners=False)
-    flat = images.expand(*batch, *images.shape[-2:]).reshape(-1, 1, *images.shape[-2:])
+    height, width = size
+    n = batch.numel()
+    sx, sy, tx, ty = z_where.expand(*batch, 4).reshape(n, 4, 1).unbind(-2)  # each (n, 1)
+    # Canvas coordinates of every glimpse pixel centre: x = s u + t, per axis.
+    xs = (sx * _pixel_centres(width, z_where) + tx).unsqueeze(-2).expand(n, height, width)
+    ys = (sy * _pixel_centres(height, z_where) + ty).unsqueeze(-1).expand(n, height, width)
+    grid = torch.stack([xs, ys], dim=-1)
+    flat = images.expand(*batch, *images.shape[-2:]).reshape(n, 1, *images.shape[-2:])
     return F.grid_sample(flat, grid, align_corners=False).view(*batch, *size)
 
 

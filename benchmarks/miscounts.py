@@ -1,0 +1,141 @@
+"""Where a SQAIR checkpoint miscounts, and what its learned count prior expects.
+
+For the first ``--sequences`` sequences of ``--data`` (one posterior draw of the guide), each
+frame's number of present objects against the sequence's number of digits (the paper's
+counting), split by that number of digits:
+
+- the share of frames counted too high and too low, and the miscounted share at each frame;
+- ``persisting``: of the sequences miscounted in the first frame, the share still miscounted
+  in the last (a count set by the first frame's discovery and kept by propagation);
+- for sequences of two or more digits, the miscounted share by the largest box IoU between two
+  of the frame's digits (do overlapping digits merge?).
+
+With a categorical discovery prior (Eq. 8) it also reports the prior's probabilities of
+``0..N`` new objects in the first frame: a prior that expects more objects than the data holds
+has learnt the guide's split digits.
+
+    .venv/bin/python benchmarks/miscounts.py --checkpoint runs/sqairV3/last.pt \\
+        --data data/mm/test.npz --sequences 3000
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+import torch
+from gradient_terms import checkpoint_parser, load_programs, parse_checked, run_script, write_report
+
+from sqair_pyro.cli import positive_int
+from sqair_pyro.data import load_npz
+from sqair_pyro.evaluate import num_digits, single_sample_terms
+
+#: Bins of the largest box IoU between two digits of a frame (the last bin includes 1).
+OVERLAP_BINS = (0.0, 1e-9, 0.2, 0.5, 1.0)
+
+
+def largest_overlap(boxes: np.ndarray) -> np.ndarray:
+    """The largest IoU between two of a frame's ``(x, y, width, height)`` boxes, (S, T);
+    empty boxes (no visible pixel) overlap nothing.
+
+    :param boxes: (S, T, M, 4) boxes of the M digit slots.
+    """
+    first, second = boxes[:, :, :, None], boxes[:, :, None, :]
+    x0 = np.maximum(first[..., 0], second[..., 0])
+    y0 = np.maximum(first[..., 1], second[..., 1])
+    x1 = np.minimum(first[..., 0] + first[..., 2], second[..., 0] + second[..., 2])
+    y1 = np.minimum(first[..., 1] + first[..., 3], second[..., 1] + second[..., 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area = boxes[..., 2] * boxes[..., 3]
+    union = area[:, :, :, None] + area[:, :, None, :] - inter
+    iou = np.divide(inter, union, out=np.zeros_like(inter, dtype=float), where=union > 0)
+    slots = boxes.shape[2]
+    iou[:, :, np.arange(slots), np.arange(slots)] = 0.0  # a box with itself
+    return iou.max((-2, -1)) if slots > 1 else np.zeros(boxes.shape[:2])
+
+
+def miscounts(inferred: np.ndarray, digits: np.ndarray, boxes: np.ndarray) -> dict[str, Any]:
+    """The breakdown of the module doc for inferred counts ``(S, T)``, the sequences' digits
+    ``(S,)`` and the digits' boxes ``(S, T, M, 4)``; keyed by the number of digits."""
+    overlap = largest_overlap(boxes)
+    report: dict[str, Any] = {}
+    for count in np.unique(digits):
+        rows = digits == count
+        got, overlaps = inferred[rows], overlap[rows]
+        wrong = got != count
+        entry: dict[str, Any] = {
+            "sequences": int(rows.sum()),
+            "miscounted": float(wrong.mean()),
+            "too_high": float((got > count).mean()),
+            "too_low": float((got < count).mean()),
+            "miscounted_by_frame": wrong.mean(0).tolist(),
+            "sequences_with_a_miscount": float(wrong.any(1).mean()),
+            "miscounted_first_frame": float(wrong[:, 0].mean()),
+            "persisting": float(wrong[wrong[:, 0], -1].mean()) if wrong[:, 0].any() else None,
+        }
+        if count >= 2:
+            bins = []
+            for low, high in zip(OVERLAP_BINS[:-1], OVERLAP_BINS[1:], strict=True):
+                inside = (overlaps >= low) & ((overlaps < high) | (high == OVERLAP_BINS[-1]))
+                bins.append(
+                    {
+                        "iou_from": low,
+                        "iou_to": high,
+                        "share_of_frames": float(inside.mean()),
+                        "miscounted": float(wrong[inside].mean()) if inside.any() else None,
+                    }
+                )
+            entry["by_largest_overlap"] = bins
+        report[str(int(count))] = entry
+    return report
+
+
+def first_frame_count_prior(model: torch.nn.Module) -> list[float] | None:
+    """The learned categorical's ``P(D_1 = 0..N)`` with nothing propagated; None for a fixed
+    prior (e.g. geometric)."""
+    prior = getattr(model, "discovery_prior", None)
+    if prior is None or not hasattr(prior, "count_logits"):
+        return None
+    with torch.no_grad():
+        logits = prior.count_logits(torch.zeros(1), t=0)
+    return torch.softmax(logits, -1)[0].tolist()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = checkpoint_parser(__file__, __doc__.split("\n\n")[0])
+    parser.add_argument("--sequences", type=positive_int, default=1000)
+    parser.add_argument("--batch-size", type=positive_int, default=50)
+    args = parse_checked(parser, argv)
+    config, model, guide = load_programs(args)
+    if config.model == "air":
+        raise ValueError(f"{args.checkpoint}: an AIR checkpoint has no sequences to count")
+    arrays = load_npz(args.data)
+    missing = [key for key in ("labels", "boxes") if key not in arrays]
+    if missing:
+        raise ValueError(f"{args.data} has no {' or '.join(missing)}: nothing to count against")
+    images = arrays["images"][: args.sequences, : args.frames]
+    inferred = []
+    with torch.no_grad():
+        for first in range(0, len(images), args.batch_size):
+            batch = torch.from_numpy(images[first : first + args.batch_size]).float() / 255
+            z_pres = single_sample_terms(model, guide, batch)["latents"]["z_pres"]
+            inferred.append(z_pres.squeeze(-1).sum(-1).round().long().numpy())
+    labels = arrays["labels"][: len(images)]
+    report = {
+        "checkpoint": str(args.checkpoint),
+        "data": str(args.data),
+        "sequences": len(images),
+        "frames": images.shape[1],
+        "by_digits": miscounts(
+            np.concatenate(inferred),
+            num_digits(labels).numpy(),
+            arrays["boxes"][: len(images), : images.shape[1]].astype(float),
+        ),
+        "first_frame_count_prior": first_frame_count_prior(model),
+    }
+    write_report(report, args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(run_script(main))

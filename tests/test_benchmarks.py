@@ -1,0 +1,52 @@
+"""The benchmark scripts' own arithmetic, on cases whose answer is known by hand."""
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def miscounts(monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import miscounts
+
+    return miscounts
+
+
+def test_largest_overlap_of_a_frames_boxes(miscounts):
+    boxes = np.array(
+        [
+            [[[0, 0, 10, 10], [5, 0, 10, 10]]],  # IoU 50 / 150
+            [[[0, 0, 10, 10], [20, 20, 5, 5]]],  # apart
+            [[[0, 0, 10, 10], [0, 0, 0, 0]]],  # the second digit out of view
+        ],
+        dtype=float,
+    )
+    np.testing.assert_allclose(miscounts.largest_overlap(boxes)[:, 0], [1 / 3, 0.0, 0.0])
+
+
+def test_miscounts_by_digits_frame_and_persistence(miscounts):
+    # Four two-digit sequences of 3 frames: one split from the first frame on (3, 3, 3), one
+    # dropping a digit in the last frame (2, 2, 1), two right; one one-digit sequence, right.
+    inferred = np.array([[3, 3, 3], [2, 2, 1], [2, 2, 2], [2, 2, 2], [1, 1, 1]])
+    digits = np.array([2, 2, 2, 2, 1])
+    boxes = np.zeros((5, 3, 2, 4))
+    boxes[..., 2:] = 4.0
+    boxes[:, :, 1, 0] = 10.0  # the two digits never overlap ...
+    boxes[1, 2, 1, 0] = 0.0  # ... but for the dropped one, on its first digit in frame 3
+    report = miscounts.miscounts(inferred, digits, boxes)
+    two = report["2"]
+    assert two["sequences"] == 4
+    assert two["miscounted"] == pytest.approx(4 / 12)
+    assert two["too_high"] == pytest.approx(3 / 12) and two["too_low"] == pytest.approx(1 / 12)
+    assert two["miscounted_by_frame"] == pytest.approx([0.25, 0.25, 0.5])
+    assert two["miscounted_first_frame"] == pytest.approx(0.25)
+    assert two["persisting"] == 1.0 and two["sequences_with_a_miscount"] == 0.5
+    apart, *_, full = two["by_largest_overlap"]
+    assert apart["share_of_frames"] == pytest.approx(11 / 12) and apart[
+        "miscounted"
+    ] == pytest.approx(3 / 11)
+    assert full["share_of_frames"] == pytest.approx(1 / 12) and full["miscounted"] == 1.0
+    assert report["1"]["miscounted"] == 0.0 and report["1"]["persisting"] is None
+    assert "by_largest_overlap" not in report["1"]
