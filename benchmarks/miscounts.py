@@ -108,8 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=50)
     args = parse_checked(parser, argv)
     config, model, guide = load_programs(args)
-    if config.model == "air":
-        raise ValueError(f"{args.checkpoint}: an AIR checkpoint has no sequences to count")
+    if not hasattr(guide, "step_over_propagated"):  # as rediscovery.py tells a SQAIR guide
+        raise ValueError(f"{args.checkpoint}: not a SQAIR checkpoint ({config.model})")
     arrays = load_npz(args.data)
     missing = [key for key in ("labels", "boxes") if key not in arrays]
     if missing:

@@ -59,6 +59,10 @@ def files(tiny_data, tmp_path_factory):
     wider = {**payload["config"], "model": {**payload["config"]["model"], "hidden": 48}}
     checkpoint("mismatch.pt", config=wider)
     checkpoint("weights_only.pt", optimizer=None)
+    nan_guide = dict(payload["guide"])
+    first = next(key for key, value in nan_guide.items() if value.is_floating_point())
+    nan_guide[first] = torch.full_like(nan_guide[first], float("nan"))
+    checkpoint("nan_weights.pt", guide=nan_guide)
     (root / "weights_run").mkdir()
     (root / "weights_run" / "last.pt").write_bytes(paths["weights_only.pt"].read_bytes())
     buffer = io.BytesIO()  # an .npz whose header claims an array of 36 TiB
@@ -172,6 +176,8 @@ CASES = [
      "--out", "w.pt"], "found text, not a file written by", 1),
     ("export-weights without a model", lambda p: ["export-weights", "--checkpoint",
      str(p["no_model.pt"]), "--out", "w.pt"], "has no 'model'", 1),
+    ("evaluate a checkpoint with NaN weights", lambda p: _ev(p, "nan_weights.pt"),
+     "weights are not finite", 1),
     ("export-weights --out a folder", lambda p: ["export-weights", "--checkpoint",
      str(p["ckpt"]), "--out", str(p["empty_dir"])], "is a folder", 1),
 ]  # fmt: skip
@@ -230,11 +236,11 @@ BENCHMARK_CASES = [
     ("rediscovery of an AIR", "rediscovery", lambda p: ["--checkpoint", str(p["ckpt"]),
      "--data", str(p["test"])], "not a SQAIR checkpoint", 1),
     ("miscounts of an AIR", "miscounts", lambda p: ["--checkpoint", str(p["ckpt"]),
-     "--data", str(p["test"])], "has no sequences to count", 1),
+     "--data", str(p["test"])], "not a SQAIR checkpoint", 1),
     ("miscounts --sequences 0", "miscounts", lambda p: ["--sequences", "0"],
      "must be a positive integer", 2),
-    ("miscounts missing data", "miscounts", lambda p: ["--data", str(p["root"] / "none.npz")],
-     "no such file", 2),
+    ("miscounts missing data", "miscounts", lambda p: ["--checkpoint", str(p["ckpt"]), "--data",
+     str(p["root"] / "none.npz")], "none.npz: no such file", 2),
     ("empty_objects --images 0", "empty_objects", lambda p: ["--images", "0"],
      "must be a positive integer", 2),
     ("posterior_means --seeds 0", "posterior_means", lambda p: ["--seeds", "0"],

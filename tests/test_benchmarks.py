@@ -50,3 +50,18 @@ def test_miscounts_by_digits_frame_and_persistence(miscounts):
     assert full["share_of_frames"] == pytest.approx(1 / 12) and full["miscounted"] == 1.0
     assert report["1"]["miscounted"] == 0.0 and report["1"]["persisting"] is None
     assert "by_largest_overlap" not in report["1"]
+
+
+def test_first_frame_count_prior_of_each_prior(miscounts):
+    from types import SimpleNamespace
+
+    from sqair_pyro.models.priors import CategoricalDiscoveryPrior, GeometricDiscoveryPrior
+
+    def prior(p):
+        return miscounts.first_frame_count_prior(SimpleNamespace(discovery_prior=p))
+
+    assert prior(CategoricalDiscoveryPrior(3)) == pytest.approx([0.25] * 4)
+    geometric = np.array([1.0, 0.01, 1e-4, 1e-6])  # init_rho 0.01: P(k) proportional to rho^k
+    expected = (geometric / geometric.sum()).tolist()
+    assert prior(CategoricalDiscoveryPrior(3, init_rho=0.01)) == pytest.approx(expected, rel=1e-4)
+    assert prior(GeometricDiscoveryPrior(3, rho=0.5)) is None

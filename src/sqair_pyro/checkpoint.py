@@ -227,6 +227,16 @@ def load_weights(path: str | os.PathLike, name: str, module: nn.Module, state: A
     problem = state_mismatch(module, state)
     if problem is not None:
         raise CheckpointError(f"checkpoint {path} does not match its config: {name} {problem}")
+    nonfinite = [
+        key
+        for key, value in state.items()
+        if value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
+    if nonfinite:
+        raise CheckpointError(
+            f"checkpoint {path}: {len(nonfinite)} of its {name} weights are not finite "
+            f"(first: {nonfinite[0]}); it was written by a run that diverged"
+        )
     try:
         module.load_state_dict(state)
     except RuntimeError as error:

@@ -63,8 +63,6 @@ def glimpse(images: torch.Tensor, z_where: torch.Tensor, size: tuple[int, int]) 
     :returns: ``(*batch, height, width)`` glimpses.
     """
     batch = torch.broadcast_shapes(images.shape[:-2], z_where.shape[:-1])
-    if batch.numel() == 0:  # grid_sample refuses an empty batch
-        return images.new_zeros(*batch, *size)
     height, width = size
     n = batch.numel()
     sx, sy, tx, ty = z_where.expand(*batch, 4).reshape(n, 4, 1).unbind(-2)  # each (n, 1)
