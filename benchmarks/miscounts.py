@@ -29,7 +29,8 @@ from gradient_terms import checkpoint_parser, load_programs, parse_checked, run_
 
 from sqair_pyro.cli import positive_int
 from sqair_pyro.data import load_npz
-from sqair_pyro.evaluate import num_digits, single_sample_terms
+from sqair_pyro.evaluate import inferred_counts, num_digits, single_sample_terms
+from sqair_pyro.tracking import box_iou
 
 #: Bins of the largest box IoU between two digits of a frame (the last bin includes 1).
 OVERLAP_BINS = (0.0, 1e-9, 0.2, 0.5, 1.0)
@@ -41,18 +42,12 @@ def largest_overlap(boxes: np.ndarray) -> np.ndarray:
 
     :param boxes: (S, T, M, 4) boxes of the M digit slots.
     """
-    first, second = boxes[:, :, :, None], boxes[:, :, None, :]
-    x0 = np.maximum(first[..., 0], second[..., 0])
-    y0 = np.maximum(first[..., 1], second[..., 1])
-    x1 = np.minimum(first[..., 0] + first[..., 2], second[..., 0] + second[..., 2])
-    y1 = np.minimum(first[..., 1] + first[..., 3], second[..., 1] + second[..., 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area = boxes[..., 2] * boxes[..., 3]
-    union = area[:, :, :, None] + area[:, :, None, :] - inter
-    iou = np.divide(inter, union, out=np.zeros_like(inter, dtype=float), where=union > 0)
     slots = boxes.shape[2]
-    iou[:, :, np.arange(slots), np.arange(slots)] = 0.0  # a box with itself
-    return iou.max((-2, -1)) if slots > 1 else np.zeros(boxes.shape[:2])
+    if slots < 2:
+        return np.zeros(boxes.shape[:2])
+    iou = box_iou(boxes, boxes)  # (S, T, M, M)
+    iou[..., np.arange(slots), np.arange(slots)] = 0.0  # a box with itself
+    return iou.max((-2, -1))
 
 
 def miscounts(inferred: np.ndarray, digits: np.ndarray, boxes: np.ndarray) -> dict[str, Any]:
@@ -120,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         for first in range(0, len(images), args.batch_size):
             batch = torch.from_numpy(images[first : first + args.batch_size]).float() / 255
             z_pres = single_sample_terms(model, guide, batch)["latents"]["z_pres"]
-            inferred.append(z_pres.squeeze(-1).sum(-1).round().long().numpy())
+            inferred.append(inferred_counts(z_pres).numpy())
     labels = arrays["labels"][: len(images)]
     report = {
         "checkpoint": str(args.checkpoint),

@@ -136,3 +136,15 @@ def test_clip_boxes_and_iou():
     assert inside.tolist() == [True, False]
     iou = box_iou(np.array([[0, 0, 10, 10]]), np.array([[5, 0, 10, 10], [20, 20, 1, 1]]))
     np.testing.assert_allclose(iou, [[50 / 150, 0.0]])
+
+
+def test_box_iou_broadcasts_leading_dims_as_frame_by_frame_calls():
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0, 20, (3, 4, 2, 4))  # 3 sequences, 4 frames, 2 boxes
+    b = rng.uniform(0, 20, (3, 4, 5, 4))
+    batched = box_iou(a, b)
+    assert batched.shape == (3, 4, 2, 5) and batched.max() > 0
+    for s in range(3):
+        for t in range(4):
+            np.testing.assert_array_equal(batched[s, t], box_iou(a[s, t], b[s, t]))
+    assert box_iou(np.zeros(0), np.zeros((2, 4))).shape == (0, 2)  # empty, as before

@@ -58,6 +58,7 @@ __all__ = [
     "counting_hits",
     "evaluate",
     "evaluate_checkpoint",
+    "inferred_counts",
     "load_report",
     "log_px",
     "markdown_table",
@@ -103,13 +104,18 @@ def num_digits(labels: torch.Tensor | np.ndarray) -> torch.Tensor:
     return (torch.as_tensor(labels) >= 0).sum(-1)
 
 
+def inferred_counts(z_pres: torch.Tensor) -> torch.Tensor:
+    """The number of present objects in each frame, (S, T), of presences (S, T, N, 1)."""
+    return z_pres.squeeze(-1).sum(-1).round().long()
+
+
 def counting_hits(z_pres: torch.Tensor, target: torch.Tensor | np.ndarray) -> torch.Tensor:
     """Whether each frame's number of present objects equals ``target``, (S, T) bools.
 
     :param z_pres: (S, T, N, 1) presences of one posterior sample.
     :param target: (S, T) per-frame counts, or (S,) one count per sequence (every frame).
     """
-    inferred = z_pres.squeeze(-1).sum(-1).round().long()  # (S, T)
+    inferred = inferred_counts(z_pres)
     target = torch.as_tensor(target, device=inferred.device).long()
     if target.dim() == 1:
         target = target.unsqueeze(-1)
@@ -384,7 +390,7 @@ def evaluate(
                 digits.append(sequence_digits)
             if has["counting accuracy (visible)"]:
                 hits_visible.append(counting_hits(z_pres, arrays["counts"][start:stop]))
-            inferred.append(z_pres.squeeze(-1).sum(-1).round().long())
+            inferred.append(inferred_counts(z_pres))
 
         estimate = log_px(model, guide, frames, num_particles, chunk_size, mixed_precision)
         sums["log_px"].append(per_sequence(estimate))

@@ -47,15 +47,19 @@ def clip_boxes(boxes: np.ndarray, image_size: tuple[int, int]) -> tuple[np.ndarr
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in ``a`` (n, 4) with every box in ``b`` (m, 4), as (n, m); xywh."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    ax0, ay0, ax1, ay1 = a[:, 0:1], a[:, 1:2], a[:, 0:1] + a[:, 2:3], a[:, 1:2] + a[:, 3:4]
-    bx0, by0, bx1, by1 = b[:, 0], b[:, 1], b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]
+    """IoU of every box in ``a`` (..., n, 4) with every box in ``b`` (..., m, 4), as
+    (..., n, m), leading dims broadcast; xywh. A single box (4,) counts as (1, 4)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    a = a.reshape(-1, 4) if a.ndim < 2 else a
+    b = b.reshape(-1, 4) if b.ndim < 2 else b
+    a, b = a[..., :, None, :], b[..., None, :, :]  # (..., n, 1, 4) and (..., 1, m, 4)
+    ax0, ay0, ax1, ay1 = a[..., 0], a[..., 1], a[..., 0] + a[..., 2], a[..., 1] + a[..., 3]
+    bx0, by0, bx1, by1 = b[..., 0], b[..., 1], b[..., 0] + b[..., 2], b[..., 1] + b[..., 3]
     inter_w = np.clip(np.minimum(ax1, bx1) - np.maximum(ax0, bx0), 0, None)
     inter_h = np.clip(np.minimum(ay1, by1) - np.maximum(ay0, by0), 0, None)
     inter = inter_w * inter_h
-    union = a[:, 2:3] * a[:, 3:4] + b[:, 2] * b[:, 3] - inter
+    union = a[..., 2] * a[..., 3] + b[..., 2] * b[..., 3] - inter
     iou = np.zeros_like(inter)
     np.divide(inter, union, out=iou, where=union > 0)
     return np.clip(iou, 0.0, 1.0)
