@@ -249,6 +249,10 @@ BENCHMARK_CASES = [
      "must be a positive integer", 2),
     ("precision checkpoint without data", "precision", lambda p: ["--checkpoint",
      str(p["ckpt"])], "--checkpoint and --data go together", 2),
+    ("validation_dips missing log", "validation_dips", lambda p: [str(p["root"] / "none.csv")],
+     "none.csv: no such file", 2),
+    ("validation_dips not a training log", "validation_dips", lambda p: [str(p["text.pt"])],
+     "not a training log", 1),
 ]  # fmt: skip
 
 

@@ -4,14 +4,18 @@ import numpy as np
 import pytest
 
 
-@pytest.fixture
-def miscounts(monkeypatch):
+def benchmark(monkeypatch, name: str):
+    """The benchmark script ``benchmarks/<name>.py`` as a module."""
+    import importlib
     from pathlib import Path
 
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import miscounts
+    return importlib.import_module(name)
 
-    return miscounts
+
+@pytest.fixture
+def miscounts(monkeypatch):
+    return benchmark(monkeypatch, "miscounts")
 
 
 def test_largest_overlap_of_a_frames_boxes(miscounts):
@@ -65,3 +69,14 @@ def test_first_frame_count_prior_of_each_prior(miscounts):
     expected = (geometric / geometric.sum()).tolist()
     assert prior(CategoricalDiscoveryPrior(3, init_rho=0.01)) == pytest.approx(expected, rel=1e-4)
     assert prior(GeometricDiscoveryPrior(3, rho=0.5)) is None
+
+
+def test_largest_fall_below_the_best_so_far(monkeypatch, tmp_path):
+    dips = benchmark(monkeypatch, "validation_dips")
+    assert dips.largest_fall([(2000, 10.0), (3000, 12.0), (4000, 5.0), (5000, 20.0)]) == (7.0, 4000)
+    assert dips.largest_fall([(2000, 1.0), (3000, 2.0)]) == (0.0, None)  # never falls
+    log = tmp_path / "metrics.csv"
+    log.write_text("step,bound,val\n1000,1.0,50.0\n1500,2.0,\n2000,3.0,40.0\n2500,4.0,30.0\n")
+    # the warm-up's validation (step 1,000) is not a best to fall from
+    assert dips.validations(log, after=2000) == [(2000, 40.0), (2500, 30.0)]
+    assert dips.largest_fall(dips.validations(log, after=2000)) == (10.0, 2500)
