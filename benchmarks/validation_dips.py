@@ -11,14 +11,14 @@ below a collapse's.
 
 from __future__ import annotations
 
-import csv
 import math
 import sys
 from pathlib import Path
 
 from gradient_terms import run_script, write_report
 
-from sqair_pyro.cli import OneLineParser, positive_int
+from sqair_pyro.cli import OneLineParser, non_negative_int
+from sqair_pyro.show import read_metrics
 
 
 def largest_fall(validations: list[tuple[int, float]]) -> tuple[float, int | None]:
@@ -33,19 +33,22 @@ def largest_fall(validations: list[tuple[int, float]]) -> tuple[float, int | Non
 
 
 def validations(path: Path, after: int) -> list[tuple[int, float]]:
-    """``(step, val)`` of the rows of a ``metrics.csv`` that validated, at or after ``after``."""
-    with path.open(newline="") as handle:
-        rows = csv.DictReader(handle)
-        if not {"step", "val"} <= set(rows.fieldnames or ()):
-            raise ValueError(f"{path}: not a training log (no 'step' and 'val' columns)")
-        found = [(int(float(row["step"])), row["val"]) for row in rows]
-    return [(step, float(value)) for step, value in found if value and step >= after]
+    """``(step, val)`` of the rows of a ``metrics.csv`` that validated, at or after ``after``
+    (read by :func:`sqair_pyro.show.read_metrics`: a step logged again after a resume keeps
+    its last row)."""
+    _, validation = read_metrics(path)
+    steps, values = validation.get("step", ()), validation.get("val", ())
+    return [
+        (int(step), float(value))
+        for step, value in zip(steps, values, strict=True)
+        if step >= after
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = OneLineParser(prog="validation_dips.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("logs", type=Path, nargs="+", help="metrics.csv files")
-    parser.add_argument("--after", type=positive_int, default=2000)
+    parser.add_argument("--after", type=non_negative_int, default=2000)
     args = parser.parse_args(argv)
     for path in args.logs:
         if not path.is_file():

@@ -252,7 +252,7 @@ BENCHMARK_CASES = [
     ("validation_dips missing log", "validation_dips", lambda p: [str(p["root"] / "none.csv")],
      "none.csv: no such file", 2),
     ("validation_dips not a training log", "validation_dips", lambda p: [str(p["text.pt"])],
-     "not a training log", 1),
+     "not a training metrics file", 1),
 ]  # fmt: skip
 
 

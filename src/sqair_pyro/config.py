@@ -305,9 +305,8 @@ CPU_RECIPE: dict[str, Any] = dict(
 #: and let only propagation explain frames after the first for the first 2,000 steps, or the
 #: warm-started discovery rediscovers every object in every frame. A validation more than 100
 #: nats below the best rolls the run back (after the warm-up): across every logged run, after
-#: step 2,000 no run that went on to improve fell more than 38 nats below its best, while a
-#: seed-3 run fell 168 nats within 1,000 steps and lost its counting (docs/results.md,
-#: "Rolling back by itself").
+#: step 2,000 no fall below the best exceeds 38 nats but one, a seed-3 run that fell 168 nats
+#: within 1,000 steps and lost its counting (docs/results.md, "Rolling back by itself").
 SQAIR_RECIPE: dict[str, Any] = dict(
     CPU_RECIPE,
     init_from="pretrained:mlp-air",
