@@ -47,7 +47,9 @@ def discover(
         present = z_pres[..., 0].bool()
         z_where = pyro.sample(
             site("z_where", i),
-            dist.Normal(prior.where_loc, prior.where_scale).to_event(1).mask(present),
+            dist.Normal(prior.slot_where_loc(i, rho.shape[-1]), prior.where_scale)
+            .to_event(1)
+            .mask(present),
         )
         z_what = pyro.sample(
             site("z_what", i),

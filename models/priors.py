@@ -121,6 +121,16 @@ class WhatWherePrior(nn.Module):
     The scale logit is centred at ``scale_logit`` (0: glimpses half the canvas, 25 pixels of
     50, about the size of an MNIST digit), or at ``(x, y)`` for windows of another shape (a
     walking person is about as tall as 0.4 and as wide as 0.17 of a 64-pixel crop).
+
+    ``slot_shift_y`` (a departure from the paper, whose new objects are alike whatever their
+    slot; 0 keeps the paper's prior) centres the vertical shift of the ``i``-th of ``N`` new
+    objects at ``slot_shift_y * (2 i / (N - 1) - 1)``: the first slot expects an object near
+    the top, the last near the bottom, so that discovery orders objects from top to bottom
+    (:meth:`slot_where_loc`). Measured: an MLP-AIR that orders digits left to right puts its
+    first window between two stacked digits and a third object beside it, in 39-60% of such
+    pairs for three seeds of six, and its SQAIR keeps that split; with ``slot_shift_y`` 3,
+    seeds 1 and 3 split 2% and 5% of them (docs/results.md, "Split digits come from one
+    orientation").
     """
 
     def __init__(
@@ -129,13 +139,22 @@ class WhatWherePrior(nn.Module):
         scale_logit: float | Sequence[float] = 0.0,
         scale_sd: float = 0.5,
         shift_sd: float = 1.0,
+        slot_shift_y: float = 0.0,
     ) -> None:
         super().__init__()
+        self.slot_shift_y = slot_shift_y
         self.register_buffer("what_loc", torch.zeros(z_what_dim))
         self.register_buffer("what_scale", torch.ones(z_what_dim))
         x, y = scale_logit if isinstance(scale_logit, Sequence) else (scale_logit, scale_logit)
         self.register_buffer("where_loc", torch.tensor([float(x), float(y), 0.0, 0.0]))
         self.register_buffer("where_scale", torch.tensor([scale_sd, scale_sd, shift_sd, shift_sd]))
+
+    def slot_where_loc(self, slot: int, num_slots: int) -> torch.Tensor:
+        """The mean of ``p^D(z_where)`` of the ``slot``-th of ``num_slots`` new objects."""
+        if not self.slot_shift_y or num_slots < 2:
+            return self.where_loc
+        ramp = 2 * slot / (num_slots - 1) - 1
+        return self.where_loc + self.where_loc.new_tensor([0.0, 0.0, 0.0, self.slot_shift_y * ramp])
 
 
 class PropagationPrior(nn.Module):

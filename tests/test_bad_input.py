@@ -71,6 +71,8 @@ def files(tiny_data, tmp_path_factory):
     paths["huge.npz"] = root / "huge.npz"
     with zipfile.ZipFile(paths["huge.npz"], "w") as archive:
         archive.writestr("images.npy", header)
+    paths["frames_only.npz"] = root / "frames_only.npz"  # as import-frames writes: no labels
+    np.savez(paths["frames_only.npz"], images=np.zeros((2, 3, 50, 50), np.uint8))
     (root / "empty_dir").mkdir()
     paths["empty_dir"] = root / "empty_dir"
     return paths
@@ -235,8 +237,8 @@ BENCHMARK_CASES = [
      "--data", str(p["test"]), "--frames", "1"], "--frames must be at least 2", 2),
     ("rediscovery of an AIR", "rediscovery", lambda p: ["--checkpoint", str(p["ckpt"]),
      "--data", str(p["test"])], "not a SQAIR checkpoint", 1),
-    ("miscounts of an AIR", "miscounts", lambda p: ["--checkpoint", str(p["ckpt"]),
-     "--data", str(p["test"])], "not a SQAIR checkpoint", 1),
+    ("miscounts of frames without labels", "miscounts", lambda p: ["--checkpoint",
+     str(p["ckpt"]), "--data", str(p["frames_only.npz"])], "nothing to count against", 1),
     ("miscounts --sequences 0", "miscounts", lambda p: ["--sequences", "0"],
      "must be a positive integer", 2),
     ("miscounts missing data", "miscounts", lambda p: ["--checkpoint", str(p["ckpt"]), "--data",

@@ -39,6 +39,7 @@ def test_miscounts_by_digits_frame_and_persistence(miscounts):
     boxes[..., 2:] = 4.0
     boxes[:, :, 1, 0] = 10.0  # the two digits never overlap ...
     boxes[1, 2, 1, 0] = 0.0  # ... but for the dropped one, on its first digit in frame 3
+    boxes[0, :, 1] = [0.0, 10.0, 4.0, 4.0]  # the split sequence's pair is vertical, the others not
     report = miscounts.miscounts(inferred, digits, boxes)
     two = report["2"]
     assert two["sequences"] == 4
@@ -52,8 +53,30 @@ def test_miscounts_by_digits_frame_and_persistence(miscounts):
         "miscounted"
     ] == pytest.approx(3 / 11)
     assert full["share_of_frames"] == pytest.approx(1 / 12) and full["miscounted"] == 1.0
+    first = two["first_frame_by_orientation"]
+    assert first["vertical"] == pytest.approx(
+        {"share_of_sequences": 1 / 4, "too_high": 1.0, "too_low": 0.0}
+    )
+    assert first["horizontal"] == pytest.approx(
+        {"share_of_sequences": 3 / 4, "too_high": 0.0, "too_low": 0.0}  # the drop is in frame 3
+    )
     assert report["1"]["miscounted"] == 0.0 and report["1"]["persisting"] is None
     assert "by_largest_overlap" not in report["1"]
+    assert "first_frame_by_orientation" not in report["1"]
+
+
+def test_pair_orientation_by_box_centres(miscounts):
+    boxes = np.array(
+        [
+            [
+                [[0, 0, 10, 10], [2, 20, 10, 10]],  # farther apart in y
+                [[0, 0, 10, 10], [20, 3, 10, 10]],  # farther apart in x
+                [[0, 0, 4, 10], [20, 0, 0, 0]],  # the second digit out of view
+            ]
+        ],
+        dtype=float,
+    )
+    assert miscounts.pair_orientation(boxes).tolist() == [["vertical", "horizontal", ""]]
 
 
 def test_first_frame_count_prior_of_each_prior(miscounts):

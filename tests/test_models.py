@@ -257,6 +257,32 @@ def test_the_discovery_where_prior_may_be_shaped_per_axis():
     torch.testing.assert_close(square.what_where_prior.where_loc[:2], torch.tensor([-0.5, -0.5]))
 
 
+def test_the_discovery_where_prior_may_order_slots_top_to_bottom():
+    """``where_slot_shift_y`` centres the vertical shift of new slot i of N at s * (2i/(N-1) - 1)
+    at every discovery site of the model; 0 keeps the paper's prior, the same for every slot."""
+    from models.air import discover
+
+    def vertical_means(shift: float) -> list[float]:
+        model, _ = build(preset("mlp-air", where_slot_shift_y=shift))
+        prior = model.what_where_prior
+        rho = torch.ones(2, 3)
+        trace = poutine.trace(discover).get_trace(rho, prior, lambda kind, i: f"{kind}_{i}")
+        means = []
+        for i in range(3):
+            z_where = torch.zeros(4)
+            lp = [trace.nodes[f"z_where_{i}"]["fn"].log_prob(z_where + torch.tensor([0, 0, 0, y]))
+                  for y in (-0.1, 0.0, 0.1)]  # fmt: skip
+            # the log density of a Gaussian is a parabola: its vertex is the mean
+            a, b, c = (v[0].item() for v in lp)
+            means.append(0.1 * (a - c) / (2 * (a - 2 * b + c)))
+        return means
+
+    assert vertical_means(0.0) == pytest.approx([0.0, 0.0, 0.0], abs=1e-4)
+    assert vertical_means(0.6) == pytest.approx([-0.6, 0.0, 0.6], abs=1e-4)
+    with pytest.raises(ValueError, match="where_slot_shift_y must be finite"):
+        preset("mlp-air", where_slot_shift_y=float("inf"))
+
+
 def test_discovery_steps_over_found_objects_as_over_its_own():
     """``DiscoveryRNN.step_over``: after stepping over objects found elsewhere (in any slots,
     with gaps), the RNN decides the next object exactly as after finding them itself."""

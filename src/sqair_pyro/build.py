@@ -172,7 +172,11 @@ def discovery_rnn(
 def what_where_prior(config: Config) -> WhatWherePrior:
     """``p^D(z_what, z_where)`` of new objects (Eq. 7), fixed Gaussians."""
     return WhatWherePrior(
-        config.z_what_dim, config.where_scale_logit, config.where_scale_sd, config.where_shift_sd
+        config.z_what_dim,
+        config.where_scale_logit,
+        config.where_scale_sd,
+        config.where_shift_sd,
+        config.where_slot_shift_y,
     )
 
 
