@@ -322,12 +322,12 @@ SQAIR_RECIPE: dict[str, Any] = dict(
 
 #: MLP-AIR and MLP-SQAIR discover objects top to bottom: the first new object's prior expects it
 #: above the canvas centre, the last below (``where_slot_shift_y``). Left to its initial
-#: weights, the MLP-AIR ordered digits left to right in four seeds of six and then explained
-#: most pairs of stacked digits with a third object between them, which the SQAIR stage never
-#: fully undid (SQAIR counting 0.961-0.977); with the shift, seeds 1 and 3 order top to bottom
-#: and their whole recipe counts at 0.9937 and 0.9897 (was 0.9609 and 0.9772); seed 5's AIR
-#: still orders a third of its stacked pairs left to right (docs/results.md, "Split digits come
-#: from one orientation").
+#: weights, the MLP-AIR ordered digits left to right in three seeds of six and then explained
+#: 39-60% of the pairs of stacked digits with a third object between them, which the SQAIR
+#: stage never fully undid (SQAIR counting 0.961-0.977); with the shift, seeds 1 and 3 order
+#: top to bottom and their whole recipe counts at 0.9937 and 0.9897 (was 0.9609 and 0.9772);
+#: seed 5's AIR still orders a third of its stacked pairs left to right (docs/results.md,
+#: "Split digits come from one orientation").
 TOP_DOWN: dict[str, Any] = dict(where_slot_shift_y=3.0)
 
 #: MLP-SQAIR at the pace of run sqair9, which the shipped model continues: a frame every 1,000
