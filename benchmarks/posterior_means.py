@@ -61,11 +61,15 @@ class AtPosteriorMean(Messenger):
 
 def log_likelihood_per_frame(model, guide, images: torch.Tensor, prefixes: tuple[str, ...]):
     """``log p(x_t given z)`` of every sequence and frame, ``(B, T)``, with the latents of
-    ``prefixes`` at their posterior means."""
+    ``prefixes`` at their posterior means (SQAIR's frames are sites ``x_t``; AIR's frames are
+    one site ``x`` of ``B * T`` independent images)."""
     with torch.no_grad(), AtPosteriorMean(prefixes):
         guide_trace = poutine.trace(guide).get_trace(images)
     with torch.no_grad():
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(images)
+    if "x" in model_trace.nodes:  # AIR: one site "x" over every frame, (B * T) of them
+        site = model_trace.nodes["x"]
+        return site["fn"].log_prob(site["value"]).view(images.shape[:2])
     frames = [model_trace.nodes[f"x_{t}"] for t in range(images.size(1))]
     return torch.stack([site["fn"].log_prob(site["value"]) for site in frames], -1)
 

@@ -103,3 +103,31 @@ def test_largest_fall_below_the_best_so_far(monkeypatch, tmp_path):
     # the warm-up's validation (step 1,000) is not a best to fall from
     assert dips.validations(log, after=2000) == [(2000, 40.0), (2500, 30.0)]
     assert dips.largest_fall(dips.validations(log, after=2000)) == (10.0, 2500)
+
+
+@pytest.mark.parametrize("name", ["mlp-air", "mlp-sqair"])
+def test_posterior_means_scores_each_frame_of_air_and_sqair(monkeypatch, name):
+    """AIR observes every frame at one site ``x``, SQAIR at ``x_t``: both give (B, T) scores
+    in the frames' own order (the one bright frame scores lowest) summing to the trace's."""
+    import pyro
+    import torch
+
+    from sqair_pyro.build import build
+    from sqair_pyro.config import preset
+
+    posterior_means = benchmark(monkeypatch, "posterior_means")
+    torch.manual_seed(0)
+    model, guide = build(preset(name, hidden=16, z_what_dim=4))
+    images = torch.zeros(3, 4, 50, 50)
+    images[1, 2] = 1.0
+    pyro.set_rng_seed(0)
+    scores = posterior_means.log_likelihood_per_frame(model, guide, images, ())
+    assert scores.shape == (3, 4)
+    assert divmod(int(scores.argmin()), 4) == (1, 2)
+    pyro.set_rng_seed(0)
+    guide_trace = pyro.poutine.trace(guide).get_trace(images)
+    replayed = pyro.poutine.replay(model, trace=guide_trace)
+    model_trace = pyro.poutine.trace(replayed).get_trace(images)
+    observed = [s for s in model_trace.nodes.values() if s["type"] == "sample" and s["is_observed"]]
+    total = sum(s["fn"].log_prob(s["value"]).sum() for s in observed)
+    torch.testing.assert_close(scores.sum(), total)
