@@ -188,7 +188,7 @@ def test_sqair_warm_started_from_air_discovers_the_first_frame_as_air_does(tiny_
 
     air_ckpt = train(small_config("mlp-air", num_steps=2), tiny_data, tmp_path, progress=False)
     _, air_model, air_guide, _ = load_checkpoint(air_ckpt)
-    trainer = Trainer(small_config("mlp-sqair", init_from=str(air_ckpt)))
+    trainer = Trainer(small_config("mlp-sqair", init_from=str(air_ckpt), where_slot_shift_y=3.0))
     assert "guide.discovery.rnn.weight_ih" in trainer.initialised
     assert "model.likelihood.decoder.net.0.weight" in trainer.initialised
     frames = torch.rand(3, 2, 50, 50)
@@ -658,3 +658,16 @@ def test_a_zero_freezes_shared_weights_and_baselines(name, config):
     assert any(p.requires_grad for p in trainer.model.parameters())
     clipped = {id(p) for params in trainer.components.values() for p in params}
     assert clipped == {id(p) for p in trainer.params}
+
+
+def test_a_warm_start_under_another_discovery_prior_warns(tiny_data, tmp_path):
+    """init_from weights trained with another where_slot_shift_y warn; matching ones do not."""
+    import warnings
+
+    air = train(small_config("mlp-air", num_steps=1), tiny_data, tmp_path, progress=False)
+    shift = load_checkpoint(air)[0].where_slot_shift_y
+    with pytest.warns(UserWarning, match=f"where_slot_shift_y={shift!r}, this run has 7.0"):
+        Trainer(small_config("mlp-sqair", init_from=str(air), where_slot_shift_y=7.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Trainer(small_config("mlp-sqair", init_from=str(air), where_slot_shift_y=shift))

@@ -156,7 +156,14 @@ def parameter_groups(config: Config, modules: dict[str, nn.Module]) -> list[dict
     return [{"params": params, "lr": lr} for lr, params in by_lr.items()]
 
 
-def warm_start(model: nn.Module, guide: nn.Module, checkpoint: str | Path) -> list[str]:
+#: The model fields that say where the discovery prior expects new objects: weights trained
+#: under other values are a posterior fitted to another prior (warned by :func:`warm_start`).
+PRIOR_FIELDS = ("where_scale_logit", "where_scale_sd", "where_shift_sd", "where_slot_shift_y")
+
+
+def warm_start(
+    model: nn.Module, guide: nn.Module, checkpoint: str | Path, config: Config | None = None
+) -> list[str]:
     """Copy every weight of ``checkpoint`` whose name and shape match; returns their names.
 
     ``checkpoint`` is a path or ``"pretrained:NAME"`` for a shipped checkpoint.
@@ -167,12 +174,26 @@ def warm_start(model: nn.Module, guide: nn.Module, checkpoint: str | Path) -> li
     A weight whose input is wider here (same shape but a longer last dim, like SQAIR's
     discovery RNN, which also reads the propagated objects' summary after AIR's inputs) gets
     the checkpoint's columns first and zeros for the new inputs, so it starts as AIR's.
+
+    Given this run's ``config``, it warns where the checkpoint was trained under another
+    discovery prior (:data:`PRIOR_FIELDS`): measured, a SQAIR run with
+    ``where_slot_shift_y=3`` from an AIR trained with 0 counted 0.984 where the matching
+    prior counted 0.991 (docs/results.md, "MLP-SQAIR from the new MLP-AIR").
     """
     if str(checkpoint).startswith("pretrained:"):
         from sqair_pyro.pretrained import pretrained_path
 
         checkpoint = pretrained_path(str(checkpoint).removeprefix("pretrained:"))
     payload = read_checkpoint(checkpoint)
+    if config is not None and isinstance(payload.get("config"), dict):
+        trained = Config.from_dict(payload["config"])
+        for name in PRIOR_FIELDS:
+            if getattr(trained, name) != getattr(config, name):
+                warnings.warn(
+                    f"init_from {checkpoint} was trained with {name}={getattr(trained, name)!r}, "
+                    f"this run has {getattr(config, name)!r} (--set {name}=... to match)",
+                    stacklevel=2,
+                )
     copied = []
     for prefix, module in (("model", model), ("guide", guide)):
         own = module.state_dict()
@@ -347,7 +368,7 @@ class Trainer:
         #: Names of the weights copied from ``config.init_from`` (none without a warm start).
         self.initialised: list[str] = []
         if config.init_from and initialise:
-            self.initialised = warm_start(self.model, self.guide, config.init_from)
+            self.initialised = warm_start(self.model, self.guide, config.init_from, config)
         broadcast_parameters((self.model, self.guide), workers)
         if workers.rank:  # its own sampling noise; rank 0 keeps a lone process's stream
             pyro.set_rng_seed(config.seed + RANK_SEED_STRIDE * workers.rank)
