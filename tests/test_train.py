@@ -671,3 +671,12 @@ def test_a_warm_start_under_another_discovery_prior_warns(tiny_data, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Trainer(small_config("mlp-sqair", init_from=str(air), where_slot_shift_y=shift))
+    # a config this version cannot read: no prior to compare, the weights still copy
+    from sqair_pyro.checkpoint import with_checksum
+
+    payload = torch.load(air, weights_only=False)
+    torch.save(with_checksum({**payload, "config": {"no_such_field": 1}}), tmp_path / "odd.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        trainer = Trainer(small_config("mlp-sqair", init_from=str(tmp_path / "odd.pt")))
+    assert "model.likelihood.decoder.net.0.weight" in trainer.initialised

@@ -185,8 +185,11 @@ def warm_start(
 
         checkpoint = pretrained_path(str(checkpoint).removeprefix("pretrained:"))
     payload = read_checkpoint(checkpoint)
-    if config is not None and isinstance(payload.get("config"), dict):
-        trained = Config.from_dict(payload["config"])
+    try:  # the check is advisory: weights under a config this version cannot read still copy
+        trained = Config.from_dict(payload["config"]) if config is not None else None
+    except (KeyError, ValueError, TypeError, AttributeError):
+        trained = None
+    if trained is not None:
         for name in PRIOR_FIELDS:
             if getattr(trained, name) != getattr(config, name):
                 warnings.warn(
