@@ -99,6 +99,18 @@ def load_programs(args: argparse.Namespace) -> tuple:
     return config, model, guide
 
 
+def load_programs_and_truth(args: argparse.Namespace, keys: tuple[str, ...], without: str) -> tuple:
+    """``(config, model, guide, arrays)``: :func:`load_programs` and the arrays of ``--data``,
+    which must hold the ground truth ``keys`` (else one line: the file has no such keys,
+    ``without`` says what the script cannot do then)."""
+    config, model, guide = load_programs(args)
+    arrays = load_npz(args.data)
+    missing = [key for key in keys if key not in arrays]
+    if missing:
+        raise ValueError(f"{args.data} has no {' or '.join(missing)}: {without}")
+    return config, model, guide, arrays
+
+
 def write_report(report: dict, path: Path | None) -> None:
     """Print a benchmark's report as JSON and, given a path, write it there too."""
     print(json.dumps(report, indent=2))

@@ -33,10 +33,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from gradient_terms import checkpoint_parser, load_programs, parse_checked, run_script, write_report
+from gradient_terms import (
+    checkpoint_parser,
+    load_programs_and_truth,
+    parse_checked,
+    run_script,
+    write_report,
+)
 
 from sqair_pyro.cli import positive_int
-from sqair_pyro.data import load_npz
 from sqair_pyro.evaluate import inferred_counts, num_digits, single_sample_terms
 from sqair_pyro.tracking import box_iou
 
@@ -130,11 +135,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sequences", type=positive_int, default=1000)
     parser.add_argument("--batch-size", type=positive_int, default=50)
     args = parse_checked(parser, argv)
-    config, model, guide = load_programs(args)
-    arrays = load_npz(args.data)
-    missing = [key for key in ("labels", "boxes") if key not in arrays]
-    if missing:
-        raise ValueError(f"{args.data} has no {' or '.join(missing)}: nothing to count against")
+    config, model, guide, arrays = load_programs_and_truth(
+        args, ("labels", "boxes"), "nothing to count against"
+    )
     images = arrays["images"][: args.sequences, : args.frames]
     inferred = []
     with torch.no_grad():

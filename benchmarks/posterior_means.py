@@ -32,6 +32,7 @@ import torch
 from gradient_terms import checkpoint_parser, load_programs, parse_checked, run_script, write_report
 from pyro import poutine
 from pyro.poutine.messenger import Messenger
+from torch import nn
 
 from sqair_pyro.cli import positive_int
 from sqair_pyro.data import load_npz
@@ -59,19 +60,41 @@ class AtPosteriorMean(Messenger):
             msg["value"] = msg["fn"].mean
 
 
-def log_likelihood_per_frame(model, guide, images: torch.Tensor, prefixes: tuple[str, ...]):
+def scored_latents(
+    model: nn.Module, guide: nn.Module, images: torch.Tensor, prefixes: tuple[str, ...]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``log p(x_t given z)`` of every sequence and frame, ``(B, T)``, with the latents of
-    ``prefixes`` at their posterior means (SQAIR's frames are sites ``x_t``; AIR's frames are
-    one site ``x`` of ``B * T`` independent images)."""
+    ``prefixes`` at their posterior means, and the guide's latents that scored it (SQAIR's
+    frames are sites ``x_t``; AIR's frames are one site ``x`` of ``B * T`` independent
+    images)."""
     with torch.no_grad(), AtPosteriorMean(prefixes):
         guide_trace = poutine.trace(guide).get_trace(images)
     with torch.no_grad():
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(images)
+    latents = guide_trace.nodes["_RETURN"]["value"]
     if "x" in model_trace.nodes:  # AIR: one site "x" over every frame, (B * T) of them
         site = model_trace.nodes["x"]
-        return site["fn"].log_prob(site["value"]).view(images.shape[:2])
+        return site["fn"].log_prob(site["value"]).view(images.shape[:2]), latents
     frames = [model_trace.nodes[f"x_{t}"] for t in range(images.size(1))]
-    return torch.stack([site["fn"].log_prob(site["value"]) for site in frames], -1)
+    return torch.stack([site["fn"].log_prob(site["value"]) for site in frames], -1), latents
+
+
+def log_likelihood_per_frame(
+    model: nn.Module, guide: nn.Module, images: torch.Tensor, prefixes: tuple[str, ...]
+) -> torch.Tensor:
+    """``log p(x_t given z)``, ``(B, T)``, of one guide draw (:func:`scored_latents`)."""
+    return scored_latents(model, guide, images, prefixes)[0]
+
+
+def perfect_frame(pixels: int, sigma: float) -> float:
+    """``log p(x_t given z)`` of a frame of ``pixels`` reconstructed exactly."""
+    return pixels * (-math.log(sigma) - 0.5 * math.log(2 * math.pi))
+
+
+def squared_error(log_lik: torch.Tensor | float, pixels: int, sigma: float) -> torch.Tensor | float:
+    """The summed squared error of a frame that scores ``log_lik`` under the Normal
+    likelihood of fixed ``sigma``: ``2 sigma^2 (perfect - log_lik)``."""
+    return 2 * sigma**2 * (perfect_frame(pixels, sigma) - log_lik)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -94,12 +117,10 @@ def main(argv: list[str] | None = None) -> None:
         _, data = split_validation(data, config.validation_size)
     count = min(args.sequences, len(data["images"]))
     images, _ = SequenceBatches(data, args.frames, seed=0).get(list(range(count)), args.frames)
-    pixels = images[0, 0].numel()
-    sigma = config.obs_sd
-    perfect = pixels * (-math.log(sigma) - 0.5 * math.log(2 * math.pi))  # per frame
+    pixels, sigma = images[0, 0].numel(), config.obs_sd
 
-    def squared_error(log_lik_per_frame: float) -> float:
-        return 2 * sigma**2 * (perfect - log_lik_per_frame)
+    def frame_error(log_lik: float) -> float:
+        return float(squared_error(log_lik, pixels, sigma))
 
     report: dict = {
         "checkpoint": str(args.checkpoint),
@@ -117,11 +138,11 @@ def main(argv: list[str] | None = None) -> None:
         report[variant] = {
             "log_px_given_z": float(frames.sum(1).mean()),
             "per_draw": [float(f.sum(1).mean()) for f in per_frame],
-            "squared_error_per_frame": squared_error(float(frames.mean())),
-            "squared_error_by_frame": [squared_error(float(v)) for v in frames.mean(0)],
+            "squared_error_per_frame": frame_error(float(frames.mean())),
+            "squared_error_by_frame": [frame_error(float(v)) for v in frames.mean(0)],
         }
-    report["paper_squared_error_per_frame"] = squared_error(args.paper / args.frames)
-    report["perfect_log_px_given_z"] = perfect * args.frames
+    report["paper_squared_error_per_frame"] = frame_error(args.paper / args.frames)
+    report["perfect_log_px_given_z"] = perfect_frame(pixels, sigma) * args.frames
     write_report(report, args.json)
 
 

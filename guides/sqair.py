@@ -15,6 +15,7 @@ slot order, then DISCOVERY (Alg. 3) looks for new objects in the free slots::
         z_pres^i_t ~ Bernoulli(f(z_what^i_t, z_where^i_t, w^R, h^{T,i}_t)) (only if present at t-1)
     l_t = sum_i z_pres^i_t MLP(z_what^i_t, z_where^i_t)              DeepSets, Eq. 6
     discover with the AIR-style RNN on [e_t, l_t], at most N - P_t objects   Alg. 3
+      (``mask_propagated``: on [h^enc(x_t blacked out in the propagated windows), 0] instead)
 
 Site names match :mod:`sqair_pyro.models.sqair` exactly.
 """
@@ -30,7 +31,7 @@ from sqair_pyro.guides.air import DiscoveryRNN, baseline_options
 from sqair_pyro.models.state import ObjectState, SlotStack, compact
 from sqair_pyro.nn.modules import MLP, BernoulliHead, GaussianHead, bcat
 from sqair_pyro.nn.rows import Rows
-from sqair_pyro.nn.spatial_transformer import glimpse, where_to_transform
+from sqair_pyro.nn.spatial_transformer import glimpse, place, where_to_transform
 
 
 class GatedWhatHead(nn.Module):
@@ -57,6 +58,25 @@ class GatedWhatHead(nn.Module):
         delta, gate, raw_scale = self.net(features).chunk(3, dim=-1)
         loc = previous + torch.sigmoid(gate + self.gate_bias) * delta
         return loc, nn.functional.softplus(raw_scale + self.scale_offset) + 1e-3
+
+
+def unexplained(
+    image: torch.Tensor, objects: dict[str, torch.Tensor], glimpse_size: tuple[int, int]
+) -> torch.Tensor:
+    """``x_t (1 - min(1, sum_i z_pres^i W(z_where^i)))``: the frame (..., H, W) blacked out
+    inside the window ``W`` of every present object of ``objects`` (..., N, ·).
+
+    A departure from the paper, whose discovery sees the whole frame and learns of the
+    propagated objects only through their summary (Eq. 6). A SQAIR warm-started from an AIR
+    learns after the first frame never to discover, and a digit that propagation loses (two
+    objects end up on one digit after an overlap or an exit through the edge) then stays
+    unexplained to the end (docs/results.md, "Lost digits"). In the masked frame a lost digit
+    is the only thing left to find, as in the single images the AIR's discovery learnt on.
+    """
+    z_where, z_pres = objects["z_where"], objects["z_pres"]
+    ones = image.new_ones(*z_where.shape[:-1], *glimpse_size)
+    windows = place(ones, where_to_transform(z_where), image.shape[-2:]) * z_pres.unsqueeze(-1)
+    return image * (1 - windows.sum(-3).clamp(max=1))
 
 
 class PropagationRNNs(nn.Module):
@@ -113,12 +133,16 @@ class SQAIRGuide(nn.Module):
         z_what_dim: int,
         hidden: int,
         step_over_propagated: bool = False,
+        mask_propagated: bool = False,
     ) -> None:
         """``step_over_propagated``: discovery's RNN first steps over the propagated objects
         (:meth:`DiscoveryRNN.step_over`, a departure from the paper) as well as reading their
-        summary (Eq. 6)."""
+        summary (Eq. 6). ``mask_propagated``: after the first frame, discovery encodes the
+        frame with the propagated objects' windows blacked out (:func:`unexplained`, a
+        departure from the paper)."""
         super().__init__()
         self.step_over_propagated = step_over_propagated
+        self.mask_propagated = mask_propagated
         self.image_encoder = image_encoder
         self.propagation = propagation
         self.discovery = discovery
@@ -225,14 +249,21 @@ class SQAIRGuide(nn.Module):
         t: int,
         may_discover: bool = True,
     ) -> dict[str, torch.Tensor]:
-        """Inference for discovery (Alg. 3), conditioned on the propagated objects (Eq. 6);
-        ``may_discover=False`` leaves no free slot."""
-        summary = (
-            propagated["z_pres"] * self.summary(bcat([propagated["z_what"], propagated["z_where"]]))
-        ).sum(-2)
+        """Inference for discovery (Alg. 3), conditioned on the propagated objects (Eq. 6),
+        or with ``mask_propagated`` on the frame without them (:func:`unexplained`; the
+        summary is then zero, as in the first frame, where the AIR's discovery it starts from
+        learnt); ``may_discover=False`` leaves no free slot."""
         num_free = self.max_objects - num_propagated
         if not may_discover:
             num_free = torch.zeros_like(num_free)
+        if self.mask_propagated and t > 0 and may_discover:
+            encoding = self.image_encoder(
+                unexplained(image, propagated, self.discovery.glimpse_size)
+            )
+            summary = encoding.new_zeros(*encoding.shape[:-1], self.hidden)
+        else:
+            what_where = bcat([propagated["z_what"], propagated["z_where"]])
+            summary = (propagated["z_pres"] * self.summary(what_where)).sum(-2)
         return self.discovery(
             image,
             encoding,

@@ -131,3 +131,73 @@ def test_posterior_means_scores_each_frame_of_air_and_sqair(monkeypatch, name):
     observed = [s for s in model_trace.nodes.values() if s["type"] == "sample" and s["is_observed"]]
     total = sum(s["fn"].log_prob(s["value"]).sum() for s in observed)
     torch.testing.assert_close(scores.sum(), total)
+
+
+@pytest.fixture
+def lost_digits(monkeypatch):
+    return benchmark(monkeypatch, "lost_digits")
+
+
+def test_lost_digits_persistence_and_first_causes(lost_digits):
+    """One sequence of three frames, two digits on a 50x50 canvas. Frame 0: an object on each
+    digit, whose boxes overlap. Frame 1: digit 0 has no object near it (first lost after an
+    overlap); digit 1, now at the right edge, is found. Frame 2: digit 0 is still lost and
+    digit 1 is lost too (first lost after touching the edge)."""
+    true = np.array(
+        [[[[10, 10, 20, 20], [25, 10, 20, 20]],  # overlapping (x 25-30)
+          [[10, 10, 20, 20], [30, 10, 20, 20]],  # digit 1 touches x = 50
+          [[10, 10, 20, 20], [30, 20, 20, 20]]]],
+        dtype=np.float32,
+    )  # fmt: skip
+    visible = np.ones((1, 3, 2), dtype=bool)
+    pred = np.array(
+        [[[[10, 10, 20, 20], [25, 10, 20, 20], [0, 0, 0, 0]],
+          [[0, 0, 0, 0], [30, 10, 20, 20], [0, 0, 0, 0]],
+          [[0, 0, 0, 0], [0, 30, 5, 5], [0, 0, 0, 0]]]],
+        dtype=np.float32,
+    )  # fmt: skip
+    ids = np.array([[[0, 1, -1], [-1, 1, -1], [-1, 1, -1]]])
+    lost = lost_digits.lost_digits(pred, ids, true, visible, 0.3)
+    assert lost[0].tolist() == [[False, False], [True, False], [True, True]]
+    # Pairs (t, t+1) with the digit a candidate in both: digit 0 lost->lost once, found->lost
+    # once; digit 1 found->found once, found->lost once.
+    assert lost_digits.persistence(lost, visible) == pytest.approx((1.0, 2 / 3))
+    edge = lost_digits.touches_edge(true, visible, (50, 50))
+    assert edge[0].tolist() == [[False, False], [False, True], [False, True]]
+    assert lost_digits.overlaps_another(true, visible)[0, 0].tolist() == [True, True]
+    assert lost_digits.first_loss_causes(lost, true, visible, (50, 50)) == {
+        "overlap": 1,
+        "edge": 1,
+        "out_of_view": 0,
+        "neither": 0,
+    }
+    errors = np.array([[1.0, 3.0, 6.0]])
+    split = lost_digits.split_error(errors, lost.any(-1))
+    assert split == pytest.approx(
+        {"share_of_frames": 2 / 3, "squared_error_in": 4.5, "squared_error_out": 1.0,
+         "share_of_squared_error": 0.9}
+    )  # fmt: skip
+
+
+def test_first_losses_need_a_found_frame_before_and_name_re_entries(lost_digits):
+    """Digit 0 is lost from the first frame on: no first loss. Digit 1 is out of view in frame
+    0 and lost as it enters in frame 1: out of view. No candidates: nothing lost; no error at
+    all: no share of it."""
+    true = np.zeros((1, 2, 2, 4), dtype=np.float32)
+    true[0, :, 0] = [10, 10, 20, 20]
+    true[0, 1, 1] = [30, 30, 20, 20]
+    visible = np.array([[[True, False], [True, True]]])
+    lost = np.array([[[True, False], [True, True]]])
+    assert lost_digits.first_loss_causes(lost, true, visible, (50, 50)) == {
+        "overlap": 0,
+        "edge": 0,
+        "out_of_view": 1,
+        "neither": 0,
+    }
+    nothing = np.zeros((1, 2, 2), dtype=bool)
+    pred = np.zeros((1, 2, 3, 4), dtype=np.float32)
+    ids = np.full((1, 2, 3), -1)
+    assert not lost_digits.lost_digits(pred, ids, true, nothing, 0.3).any()
+    assert np.isnan(
+        lost_digits.split_error(np.zeros((1, 2)), nothing.any(-1))["share_of_squared_error"]
+    )

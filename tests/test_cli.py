@@ -270,6 +270,9 @@ def test_more_bad_input_on_the_command_line(tmp_path, tiny_data, capsys):
         ({"lr_multipliers": {"decoder": -1.0}}, "lr_multipliers must be >= 0 each"),
         ({"baseline_lr": 0.0}, "baseline_lr must be > 0"),
         ({"kl_weights": {"z_what": 0.0}}, "kl_weights must be > 0 each"),
+        ({"presence_exploration": {"z_pres_disc": 0.5}}, "presence_exploration must be in"),
+        ({"presence_exploration": {"z_pres_disc": -0.1}}, "presence_exploration must be in"),
+        ({"presence_exploration": {"z_where": 0.1}}, "presence_exploration must be keyed by"),
         ({"kl_anneal_steps": -1}, "kl_anneal_steps must be >= 0"),
         ({"max_rollbacks": -1}, "max_rollbacks must be >= 0"),
         ({"where_scale_logit": [0.0, 1.0, 2.0]}, "where_scale_logit must be a number or two"),
@@ -325,3 +328,23 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tiny_data,
         err = capsys.readouterr().err
         assert "Traceback" not in err and len(err.strip().split("\n")) == 1, err
         assert not marker.exists(), f"{args[0]} ran the checkpoint's code"
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("discovery_masks_propagated=true", True),
+        ("discovery_masks_propagated=True", True),
+        ("discovery_steps_over_propagated=false", False),
+        ("rollback_nats=null", None),
+        ("rollback_nats=None", None),
+        ("lr_decay_steps=[1000, 2000]", [1000, 2000]),
+        ('presence_exploration={"z_pres_prop": 0.01}', {"z_pres_prop": 0.01}),
+        ('kl_weights={"z_what": 0.5, "flag": true}', {"z_what": 0.5, "flag": True}),
+        ("encoder=conv", "conv"),
+    ],
+)
+def test_set_reads_python_and_json_constants(text, value):
+    from sqair_pyro.cli import _parse_override
+
+    assert _parse_override(text) == (text.partition("=")[0], value)

@@ -341,3 +341,69 @@ def test_the_sqair_guide_steps_over_propagated_objects_when_asked(on, monkeypatc
     assert calls == []
     with pytest.raises(ValueError, match="needs SQAIR"):
         build(preset("mlp-air", discovery_steps_over_propagated=True, init_from=None))
+
+
+def test_unexplained_blacks_out_the_windows_of_present_objects():
+    """``unexplained``: a frame of ones keeps its pixels outside every present object's window
+    and loses them inside (overlapping windows take it to 0, never below); an absent object
+    masks nothing."""
+    from sqair_pyro.guides.sqair import unexplained
+
+    logit = math.log(0.4 / 0.6)  # windows of 0.4 of the canvas: 20 x 20 pixels of 50 x 50
+    z_where = torch.tensor(
+        [[[logit, logit, -0.5, -0.5], [logit, logit, -0.4, -0.4], [logit, logit, 0.5, 0.5]]]
+    )
+    z_pres = torch.tensor([[[1.0], [1.0], [0.0]]])
+    frame = unexplained(torch.ones(1, 50, 50), {"z_where": z_where, "z_pres": z_pres}, (20, 20))
+    assert frame.shape == (1, 50, 50) and frame.min() >= 0
+
+    def centre(shift: float) -> int:  # the pixel at a window centre's shift
+        return round((shift + 1) / 2 * 50)
+
+    assert frame[0, centre(-0.5), centre(-0.5)] == 0  # inside the first window
+    assert frame[0, centre(-0.45), centre(-0.45)] == 0  # inside both
+    assert frame[0, centre(0.5), centre(0.5)] == 1  # the absent object's place
+    assert frame[0, 2, 48] == 1  # far from every window
+    assert 0.1 < frame.mean() < 0.95
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_the_sqair_guide_masks_the_propagated_objects_when_asked(on, monkeypatch):
+    """``discovery_masks_propagated`` reaches the guide: after the first frame discovery's
+    context is the encoding of the frame without the propagated objects' windows, and its
+    summary of them is zero (with particles as an extra batch dim too); only when the option
+    is on, never in the warm-up's frames without discovery; AIR refuses it."""
+    import sqair_pyro.guides.sqair as sqair_guide
+    from sqair_pyro.guides.air import DiscoveryRNN
+
+    masked, seen = [], []
+    unexplained, discover = sqair_guide.unexplained, DiscoveryRNN.forward
+
+    def spy_mask(image, objects, size):
+        masked.append(unexplained(image, objects, size))
+        return masked[-1]
+
+    def spy_discovery(self, image, context, num_free, site, extra=None, found=None):
+        seen.append((context, extra))
+        return discover(self, image, context, num_free, site, extra, found)
+
+    monkeypatch.setattr(sqair_guide, "unexplained", spy_mask)
+    monkeypatch.setattr(DiscoveryRNN, "forward", spy_discovery)
+    config = preset("mlp-sqair", hidden=32, z_what_dim=8, init_from=None)
+    guide = build(config.replace(discovery_masks_propagated=on))[1]
+    pyro.set_rng_seed(0)
+    with torch.no_grad(), pyro.plate("particles", 2, dim=-2):
+        latents = guide(torch.rand(3, 4, 50, 50))
+    assert latents["z_pres"].shape == (2, 3, 4, 3, 1)
+    assert len(masked) == (3 if on else 0) and len(seen) == 4
+    for frame, (context, extra) in zip(masked, seen[1:], strict=False):
+        assert frame.shape == (2, 3, 50, 50)
+        torch.testing.assert_close(context, guide.image_encoder(frame))
+        assert extra.shape == (2, 3, 32) and not extra.any()
+    if not on:
+        assert any(extra.any() for _, extra in seen[1:])  # Eq. 6's summary
+    masked.clear()
+    guide(torch.rand(3, 4, 50, 50), discover_after_first_frame=False)
+    assert masked == []
+    with pytest.raises(ValueError, match="needs SQAIR"):
+        build(preset("mlp-air", discovery_masks_propagated=True, init_from=None))

@@ -584,7 +584,7 @@ def test_kl_weights_act_on_training_steps_only(tiny_data):
     schedule = []
     for step in (0, 2, 4):
         weighted.step_count = step
-        schedule.append(weighted.weighting().weights["z_what"])
+        schedule.append(weighted.weighting().values["z_what"])
     assert schedule == pytest.approx([0.5, 0.75, 1.0])
     assert isinstance(plain.weighting(), contextlib.nullcontext)
     weighted.step_count = 0
@@ -680,3 +680,47 @@ def test_a_warm_start_under_another_discovery_prior_warns(tiny_data, tmp_path):
         warnings.simplefilter("error")
         trainer = Trainer(small_config("mlp-sqair", init_from=str(tmp_path / "odd.pt")))
     assert "model.likelihood.decoder.net.0.weight" in trainer.initialised
+
+
+def test_presence_exploration_acts_on_training_steps_only(tiny_data, monkeypatch):
+    """``presence_exploration={"z_pres_disc": 0.3}``: the guide of training steps draws each
+    discovery decision with probability ``0.3 + 0.4 p`` where the same weights without it
+    give ``p``, a whole VIMCO step runs through it, and validation gives the same numbers as
+    a trainer without it (the guide itself)."""
+    import numpy as np
+    import pyro
+
+    from sqair_pyro.infer import PresenceExploration
+
+    data = np.load(tiny_data / "train.npz")["images"]
+    images = torch.from_numpy(data[:4, :3]).float() / 255
+    batches = train_module.SequenceBatches({"images": data[:8]}, 3, 0)
+    pyro.clear_param_store()
+    exploring = Trainer(small_config("mlp-sqair", presence_exploration={"z_pres_disc": 0.3}))
+    plain = Trainer(small_config("mlp-sqair"))
+    plain.model.load_state_dict(exploring.model.state_dict())
+    plain.guide.load_state_dict(exploring.guide.state_dict())
+    validations = []
+    for trainer in (exploring, plain):
+        pyro.set_rng_seed(5)
+        validations.append(trainer.validate(batches, 3, 4))
+    assert validations[0] == pytest.approx(validations[1], rel=1e-6)
+    probabilities = {}
+    for name, trainer in (("exploring", exploring), ("plain", plain)):
+        pyro.set_rng_seed(7)
+        trace = pyro.poutine.trace(trainer.training_guide).get_trace(images)
+        site = trace.nodes["z_pres_disc_0_0"]["fn"]
+        probabilities[name] = site.base_dist.probs
+    torch.testing.assert_close(probabilities["exploring"], 0.3 + 0.4 * probabilities["plain"])
+    explored_sites = []
+    original = PresenceExploration._pyro_sample
+
+    def spy(self, msg):
+        original(self, msg)
+        explored_sites.append(msg["name"])
+
+    monkeypatch.setattr(PresenceExploration, "_pyro_sample", spy)
+    plain.step(images)
+    assert explored_sites == []
+    exploring.step(images)  # a whole VIMCO step through the explored guide
+    assert any(name.startswith("z_pres_disc") for name in explored_sites)

@@ -191,8 +191,9 @@ def air_model(config: Config, decoder: nn.Module) -> AIRModel:
 @register("guide", "air")
 def air_guide(config: Config, image_encoder: nn.Module, glimpse_encoder: nn.Module) -> AIRGuide:
     """AIR's inference: the image encoded once, then the discovery RNN (Eq. 2)."""
-    if config.discovery_steps_over_propagated:
-        raise ValueError("discovery_steps_over_propagated needs SQAIR: AIR propagates nothing")
+    for name in ("discovery_steps_over_propagated", "discovery_masks_propagated"):
+        if getattr(config, name):
+            raise ValueError(f"{name} needs SQAIR: AIR propagates nothing")
     discovery = discovery_rnn(config, glimpse_encoder, image_encoder, what_where_prior(config), 0)
     if config.objective == "tracegraph":
         discovery.baseline = baseline_network(config)
@@ -240,6 +241,7 @@ def sqair_guide(config: Config, image_encoder: nn.Module, glimpse_encoder: nn.Mo
         config.z_what_dim,
         hidden,
         step_over_propagated=config.discovery_steps_over_propagated,
+        mask_propagated=config.discovery_masks_propagated,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import math
 import os
 import sys
@@ -14,12 +15,18 @@ from sqair_pyro.config import CHOICES, PRESETS, preset
 
 
 def _parse_override(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with the value read as a Python literal, else as JSON (``true``,
+    ``{"flag": false}``), else as the string itself."""
     key, sep, value = text.partition("=")
     if not sep:
         raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r}")
     try:
         return key, ast.literal_eval(value)
     except (ValueError, SyntaxError):
+        pass
+    try:
+        return key, json.loads(value)
+    except ValueError:
         return key, value
 
 
@@ -416,7 +423,8 @@ def seed_int(text: str) -> int:
     return value
 
 
-def _unit_interval(text: str) -> float:
+def unit_interval(text: str) -> float:
+    """A number in (0, 1] from the command line (argparse ``type``)."""
     value = float(text)
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
@@ -596,7 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=non_negative_int, default=0, help="torch threads (0: torch's default)"
     )
     p.add_argument(
-        "--iou-threshold", type=_unit_interval, default=0.5, help="IoU of a match (MOTA, IDF1)"
+        "--iou-threshold", type=unit_interval, default=0.5, help="IoU of a match (MOTA, IDF1)"
     )
     p.add_argument(
         "--boxes",
@@ -692,7 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sequences", type=positive_int, help="the first N sequences (default: all)")
     p.add_argument("--batch-size", type=positive_int, default=50)
     p.add_argument(
-        "--match-iou", type=_unit_interval, default=0.5, help="IoU to match objects to digits"
+        "--match-iou", type=unit_interval, default=0.5, help="IoU to match objects to digits"
     )
     p.add_argument("--classifier", type=Path, help="digit classifier (default: the shipped one)")
     p.add_argument(

@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqair_pyro.infer.exploration import MAX_EXPLORATION, PRESENCE_PREFIX
 from sqair_pyro.registry import spec
 
 #: Fields that must be > 0.
@@ -103,6 +104,9 @@ class Config:
     # SQAIR's discovery RNN first steps over the propagated objects as over objects it found
     # itself (guides/air.py, DiscoveryRNN.step_over): a departure from the paper (Eq. 6 only).
     discovery_steps_over_propagated: bool = False
+    # After the first frame SQAIR's discovery encodes the frame with the propagated objects'
+    # windows blacked out (guides/sqair.py, unexplained): a departure from the paper.
+    discovery_masks_propagated: bool = False
     # Posterior scale offsets (softplus(raw + offset)): small initial variance, as in the
     # authors' original implementation.
     what_scale_offset: float = 0.0
@@ -139,6 +143,11 @@ class Config:
     # sqair_pyro.infer.latent_weights.
     kl_weights: dict[str, float] = field(default_factory=dict)
     kl_anneal_steps: int = 0
+    # Presence decisions explored in training steps: the guide's Bernoulli sites whose name
+    # starts with a key are drawn with probabilities kept in [eps, 1 - eps] (exact zeros kept),
+    # e.g. {"z_pres_disc": 0.02}; validation and evaluation use the guide itself.
+    # sqair_pyro.infer.exploration.
+    presence_exploration: dict[str, float] = field(default_factory=dict)
     num_steps: int = 20000
     # Sequence-length curriculum: start with this many frames, add one every curriculum_every.
     curriculum_start: int = 3
@@ -192,6 +201,16 @@ class Config:
             ("lr_multipliers", all(v >= 0 for v in self.lr_multipliers.values()), ">= 0 each"),
             ("kl_weights", all(v > 0 for v in self.kl_weights.values()), "> 0 each"),
             ("kl_anneal_steps", self.kl_anneal_steps >= 0, ">= 0"),
+            (
+                "presence_exploration",
+                all(0 <= v < MAX_EXPLORATION for v in self.presence_exploration.values()),
+                f"in [0, {MAX_EXPLORATION}) each",
+            ),
+            (
+                "presence_exploration",
+                all(k.startswith(PRESENCE_PREFIX) for k in self.presence_exploration),
+                f"keyed by presence sites ({PRESENCE_PREFIX}...)",
+            ),
             ("baseline_lr", self.baseline_lr > 0, "> 0"),
             (
                 "where_scale_logit",
@@ -270,6 +289,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "propagation_pres_bias",
         "discovery_pres_bias",
         "discovery_steps_over_propagated",
+        "discovery_masks_propagated",
         "what_scale_offset",
     ),
 }  # fmt: skip

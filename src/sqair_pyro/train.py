@@ -39,7 +39,7 @@ from sqair_pyro.distributed import (
     finish,
     setup,
 )
-from sqair_pyro.infer import VIMCO_ELBO, LatentWeights, annealed_weights
+from sqair_pyro.infer import VIMCO_ELBO, LatentWeights, PresenceExploration, annealed_weights
 from sqair_pyro.infer.vimco import backward_parts
 from sqair_pyro.nn.precision import fast_numerics, keep_float32_outputs, matmul_precision
 from sqair_pyro.optim import clip_by_component, components
@@ -359,6 +359,12 @@ class Trainer:
         if config.mixed_precision:
             keep_float32_outputs(self.model, self.guide)
         self.capture = _Capture(self.guide)
+        #: The guide of training steps: with presence decisions explored when configured.
+        self.training_guide: Callable = (
+            PresenceExploration(config.presence_exploration)(self.capture)
+            if config.presence_exploration
+            else self.capture
+        )
         self.elbo = make_objective(config) if objective is None else objective
         if config.propagation_warmup_steps and not all(
             "discover_after_first_frame" in inspect.signature(p.forward).parameters
@@ -417,7 +423,7 @@ class Trainer:
             self.weighting(),
         ):
             parts, loss = surrogate_losses(
-                self.elbo, self.model, self.capture, images, **self.phase()
+                self.elbo, self.model, self.training_guide, images, **self.phase()
             )
         if len(parts) == len(self.owned):  # the model's loss, then the guide's (unless frozen)
             parts = [(part, own) for (part, _), own in zip(parts, self.owned, strict=True) if own]

@@ -18,37 +18,33 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pyro.poutine.messenger import Messenger
+from sqair_pyro.infer.by_prefix import ByPrefix
 
 __all__ = ["LatentWeights", "annealed_weights"]
 
 
-class LatentWeights(Messenger):
+class LatentWeights(ByPrefix):
     """Scale the log densities of latent sites by name prefix, e.g. ``{"z_what": 0.5}``.
 
     Observed sites are never scaled; a site matching several prefixes takes the longest.
     """
 
     def __init__(self, weights: Mapping[str, float]) -> None:
-        super().__init__()
         for prefix, weight in weights.items():
             if not weight > 0:
                 raise ValueError(f"the weight of latents {prefix!r} must be positive, got {weight}")
-        self.prefixes = sorted(weights, key=len, reverse=True)  # the longest match first
-        self.weights = dict(weights)
+        super().__init__(weights)
 
     def _pyro_sample(self, msg: dict) -> None:
-        if msg["is_observed"]:
-            return
-        prefix = next((p for p in self.prefixes if msg["name"].startswith(p)), None)
-        if prefix is None:
+        weight = self.value_of(msg)
+        if weight is None:
             return
         if not msg["fn"].has_rsample:
             raise ValueError(
                 f"latent {msg['name']!r} is not reparameterised: its log q drives a "
                 "score-function estimator and cannot be weighted"
             )
-        msg["scale"] = msg["scale"] * self.weights[prefix]
+        msg["scale"] = msg["scale"] * weight
 
 
 def annealed_weights(weights: Mapping[str, float], step: int, steps: int) -> dict[str, float]:
