@@ -72,6 +72,9 @@ def unexplained(
     objects end up on one digit after an overlap or an exit through the edge) then stays
     unexplained to the end (docs/results.md, "Lost digits"). In the masked frame a lost digit
     is the only thing left to find, as in the single images the AIR's discovery learnt on.
+    Measured from an MLP-SQAIR trained without it: lost digit-frames 2.9% -> 0.6% at once, and
+    after 1.3 CPU-hours of training with it the one-sample ELBO +61 nats, but the count 0.992
+    -> 0.960 (the pair that had taken the lost digit's place stays).
     """
     z_where, z_pres = objects["z_where"], objects["z_pres"]
     ones = image.new_ones(*z_where.shape[:-1], *glimpse_size)
