@@ -655,7 +655,7 @@ def test_explored_moves_probabilities_inward_and_keeps_exact_zeros():
     for eps in (0.5, -0.1, math.nan):
         with pytest.raises(ValueError, match="must be in"):
             PresenceExploration({"z_pres": eps})
-    with pytest.raises(ValueError, match="only presence sites"):
+    with pytest.raises(ValueError, match="must be keyed by presence sites"):
         PresenceExploration({"z_where": 0.1})
 
 

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqair_pyro.infer.exploration import MAX_EXPLORATION, PRESENCE_PREFIX
+from sqair_pyro.infer.exploration import floor_problem
 from sqair_pyro.registry import spec
 
 #: Fields that must be > 0.
@@ -193,6 +193,7 @@ class Config:
             value = getattr(self, name)
             if value is not None and not low < value < high:
                 raise ValueError(f"config {name} must be in ({low}, {high}), got {value}")
+        exploration_problem = floor_problem(self.presence_exploration)
         checks = (
             ("lr_decay", 0 < self.lr_decay <= 1, "in (0, 1]"),
             ("num_steps", self.num_steps >= 0, ">= 0"),
@@ -201,16 +202,7 @@ class Config:
             ("lr_multipliers", all(v >= 0 for v in self.lr_multipliers.values()), ">= 0 each"),
             ("kl_weights", all(v > 0 for v in self.kl_weights.values()), "> 0 each"),
             ("kl_anneal_steps", self.kl_anneal_steps >= 0, ">= 0"),
-            (
-                "presence_exploration",
-                all(0 <= v < MAX_EXPLORATION for v in self.presence_exploration.values()),
-                f"in [0, {MAX_EXPLORATION}) each",
-            ),
-            (
-                "presence_exploration",
-                all(k.startswith(PRESENCE_PREFIX) for k in self.presence_exploration),
-                f"keyed by presence sites ({PRESENCE_PREFIX}...)",
-            ),
+            ("presence_exploration", exploration_problem is None, exploration_problem),
             ("baseline_lr", self.baseline_lr > 0, "> 0"),
             (
                 "where_scale_logit",

@@ -33,12 +33,22 @@ from pyro.distributions.torch_distribution import MaskedDistribution
 
 from sqair_pyro.infer.by_prefix import ByPrefix
 
-__all__ = ["MAX_EXPLORATION", "PRESENCE_PREFIX", "PresenceExploration", "explored"]
+__all__ = ["MAX_EXPLORATION", "PRESENCE_PREFIX", "PresenceExploration", "explored", "floor_problem"]
 
 #: ``eps`` must be below this: at 0.5 every decision is a fair coin.
 MAX_EXPLORATION = 0.5
 #: The guide's presence sites' names start with this.
 PRESENCE_PREFIX = "z_pres"
+
+
+def floor_problem(floors: Mapping[str, float]) -> str | None:
+    """What the exploration rates ``floors`` (site-name prefix -> eps) must be and are not,
+    as the end of a sentence "... must be ..."; None where they are fine."""
+    if not all(0 <= eps < MAX_EXPLORATION for eps in floors.values()):
+        return f"in [0, {MAX_EXPLORATION}) each"
+    if not all(prefix.startswith(PRESENCE_PREFIX) for prefix in floors):
+        return f"keyed by presence sites ({PRESENCE_PREFIX}...)"
+    return None
 
 
 def explored(fn: dist.Distribution, eps: float) -> dist.Distribution:
@@ -60,15 +70,9 @@ class PresenceExploration(ByPrefix):
     prefixes takes the longest. Wrap the guide only, never the model."""
 
     def __init__(self, floors: Mapping[str, float]) -> None:
-        for prefix, eps in floors.items():
-            if not prefix.startswith(PRESENCE_PREFIX):
-                raise ValueError(
-                    f"only presence sites ({PRESENCE_PREFIX}...) explore, got {prefix!r}"
-                )
-            if not 0 <= eps < MAX_EXPLORATION:
-                raise ValueError(
-                    f"the exploration of {prefix!r} must be in [0, {MAX_EXPLORATION}), got {eps}"
-                )
+        problem = floor_problem(floors)
+        if problem is not None:
+            raise ValueError(f"presence exploration must be {problem}, got {dict(floors)}")
         super().__init__(floors)
 
     def _pyro_sample(self, msg: dict) -> None:
