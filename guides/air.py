@@ -24,8 +24,9 @@ import torch
 from torch import nn
 
 from sqair_pyro.models.air import as_sequences
+from sqair_pyro.models.likelihood import draw
 from sqair_pyro.models.state import SlotStack
-from sqair_pyro.nn.modules import BernoulliHead, GaussianHead, bcat
+from sqair_pyro.nn.modules import BernoulliHead, Borrowed, GaussianHead, bcat
 from sqair_pyro.nn.rows import Rows
 from sqair_pyro.nn.spatial_transformer import glimpse, where_to_transform
 
@@ -43,6 +44,14 @@ def baseline_options(
     slot_code[..., slot] = 1
     inputs = torch.cat([frame.flatten(-2), slot_code], dim=-1).detach()
     return {"baseline": {"nn_baseline": baseline, "nn_baseline_input": inputs}}
+
+
+def residual(image: torch.Tensor, drawn: torch.Tensor) -> torch.Tensor:
+    """``max(0, x - y_{<i})``: what the objects drawn so far (``drawn``, Alg. 1's canvas of
+    objects ``j < i``) leave unexplained in the image. DAIR's discovery reads its encoding
+    (Eslami et al. 2016, Sec. 3.1); SQAIR's propagation may read its glimpses from it
+    (guides/sqair.py, a departure from the paper)."""
+    return (image - drawn).clamp(min=0)
 
 
 class DiscoveryRNN(nn.Module):
@@ -77,6 +86,10 @@ class DiscoveryRNN(nn.Module):
         )
         # Learned baselines for TraceGraph_ELBO (NVIL, as Pyro's AIR example); VIMCO needs none.
         self.baseline: nn.Module | None = None
+        #: The model's glimpse decoder, borrowed: each step after the first reads the
+        #: encoding of the frame less what the objects found so far draw (DAIR; see
+        #: :func:`residual`); None: AIR's reading, the same encoding at every step.
+        self.reads_difference: Borrowed | None = None
 
     def forward(
         self,
@@ -86,6 +99,8 @@ class DiscoveryRNN(nn.Module):
         site: Callable[[str, int], str],
         extra: torch.Tensor | None = None,
         found: dict[str, torch.Tensor] | None = None,
+        drawn: torch.Tensor | None = None,
+        encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Discover up to ``N`` objects in ``image`` (..., H, W).
 
@@ -97,6 +112,10 @@ class DiscoveryRNN(nn.Module):
         :param found: objects already in the frame (``z_pres``, ``z_where``, ``z_what`` of
             shape (..., N, ·), present ones in any slots): the RNN first steps over them as
             over objects it had found itself (:meth:`step_over`); None: none.
+        :param drawn: (..., H, W) what the objects already in the frame draw, for
+            :attr:`reads_difference`; None: nothing.
+        :param encode: the image encoder that made ``context``, for :attr:`reads_difference`
+            (which needs it).
         :returns: the stacked latents (..., N, ·) and ``features``, the glimpse encodings.
         """
         batch = context.shape[:-1]
@@ -107,14 +126,24 @@ class DiscoveryRNN(nn.Module):
         if found is not None:
             h, z_what, z_where = self.step_over(found, context, extra, h, z_what, z_where)
         latents = SlotStack()
+        if self.reads_difference is not None:
+            if encode is None:
+                raise ValueError("discovery that reads the difference needs the image encoder")
+            if drawn is None:
+                drawn = torch.zeros_like(image)
         for i in range(self.max_objects):
             # Slot i may hold a new object only where slot i - 1 did and, with num_free, only
             # if fewer than N - P_t were found (Eq. 8); elsewhere z_pres^i = 0 for sure, so
             # the networks run on the deciding rows only (sqair_pyro.nn.rows).
             may = z_pres if num_free is None else z_pres * (num_free > i).unsqueeze(-1)
             deciding = Rows(may[..., 0].bool())
-            inputs = [context, z_what, z_where, z_pres] + ([] if extra is None else [extra])
-            h_rows = self.rnn(bcat([deciding.gather(x) for x in inputs]), deciding.gather(h))
+            if self.reads_difference is None or i == 0:
+                seen = deciding.gather(context)
+            else:  # DAIR (Eslami et al. 2016, Sec. 3.1): h^enc(max(0, x - y_{<i}))
+                seen = encode(residual(*(deciding.gather(x, event_dims=2) for x in (image, drawn))))
+            inputs = [z_what, z_where, z_pres] + ([] if extra is None else [extra])
+            inputs = [seen] + [deciding.gather(x) for x in inputs]
+            h_rows = self.rnn(bcat(inputs), deciding.gather(h))
             h = deciding.scatter(h_rows)
             p = deciding.scatter(self.pres_head(h_rows)) * may
             z_pres = pyro.sample(
@@ -142,6 +171,9 @@ class DiscoveryRNN(nn.Module):
                 site("z_what", i),
                 dist.Normal(rows.scatter(loc), rows.scatter(scale, 1.0)).to_event(1).mask(present),
             )
+            if self.reads_difference is not None:
+                one = (z_what.unsqueeze(-2), z_where.unsqueeze(-2), z_pres.unsqueeze(-2))
+                drawn = drawn + draw(self.reads_difference, *one, image.shape[-2:])
             features = rows.scatter(features)
             latents.append(z_pres=z_pres, z_where=z_where, z_what=z_what, features=features)
         return latents.stacked()
@@ -192,6 +224,8 @@ class AIRGuide(nn.Module):
         frames = images.flatten(0, 1) if images.dim() == 4 else images
         with pyro.plate("data", frames.shape[0], dim=-1):
             encoding = self.image_encoder(frames)  # (B, hidden), once per image
-            latents = self.discovery(frames, encoding, None, lambda kind, i: f"{kind}_{i}")
+            latents = self.discovery(
+                frames, encoding, None, lambda kind, i: f"{kind}_{i}", encode=self.image_encoder
+            )
         latents.pop("features")
         return as_sequences(latents, *images.shape[:2]) if images.dim() == 4 else latents

@@ -152,6 +152,15 @@ CASES = [
      "it called sys.exit(3)", 1),
     ("--import relative", lambda p: _train(p, "--import", ".relative"), "give its full name", 1),
     ("--import empty", lambda p: _train(p, "--import", ""), "needs a module name", 1),
+    # Guide options the model cannot take.
+    ("AIR with a residual", lambda p: _train(p, "--set", "propagation_reads_residual=true"),
+     "needs SQAIR: AIR propagates nothing", 1),
+    ("VRNN reading the difference", lambda p: ["train", "--preset", "mlp-vrnn", "--data",
+     str(p["data"]), "--out", str(p["root"] / "r3"), "--set", "discovery_reads_difference=true"],
+     "needs AIR or SQAIR", 1),
+    ("SQAIR with two readings", lambda p: ["train", "--preset", "mlp-sqair", "--data",
+     str(p["data"]), "--out", str(p["root"] / "r4"), "--set", "init_from=None", "--set",
+     "discovery_masks_propagated=true"], "choose one", 1),
     # Ranges argparse checks (exit status 2).
     ("train --steps 0", lambda p: _train(p, "--steps", "0"), "must be a positive integer", 2),
     ("show --observed 0", lambda p: ["show", "--checkpoint", str(p["ckpt"]), "--data",

@@ -335,6 +335,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tiny_data,
     [
         ("discovery_masks_propagated=true", True),
         ("discovery_masks_propagated=True", True),
+        ("propagation_reads_residual=true", True),
         ("discovery_steps_over_propagated=false", False),
         ("rollback_nats=null", None),
         ("rollback_nats=None", None),

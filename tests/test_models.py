@@ -285,9 +285,12 @@ def test_the_discovery_where_prior_may_order_slots_top_to_bottom():
 
 def test_discovery_steps_over_found_objects_as_over_its_own():
     """``DiscoveryRNN.step_over``: after stepping over objects found elsewhere (in any slots,
-    with gaps), the RNN decides the next object exactly as after finding them itself."""
+    with gaps), the RNN decides the next object exactly as after finding them itself (AIR's
+    reading: with ``discovery_reads_difference`` its first step reads the whole frame)."""
     pyro.set_rng_seed(0)
-    config = preset("mlp-sqair", hidden=32, z_what_dim=8, init_from=None)
+    config = preset(
+        "mlp-sqair", hidden=32, z_what_dim=8, init_from=None, discovery_reads_difference=False
+    )
     guide = build(config)[1]
     discovery = guide.discovery
     images = torch.rand(4, 50, 50)
@@ -367,6 +370,109 @@ def test_unexplained_blacks_out_the_windows_of_present_objects():
     assert 0.1 < frame.mean() < 0.95
 
 
+def test_residual_is_what_the_earlier_objects_leave_undrawn():
+    """``residual``: the frame less the drawing, never below 0 (an object that overdraws
+    leaves nothing there, not a negative image)."""
+    from sqair_pyro.guides.air import residual
+
+    frame = torch.tensor([[0.0, 0.5, 1.0, 1.0]])
+    drawn = torch.tensor([[0.3, 0.5, 0.25, 0.0]])
+    torch.testing.assert_close(residual(frame, drawn), torch.tensor([[0.0, 0.0, 0.75, 1.0]]))
+
+
+def _use_decoder(guide: torch.nn.Module, option: str, decoder: object) -> None:
+    """Give ``guide`` another decoder for ``option`` (None: the option off)."""
+    from sqair_pyro.nn.modules import Borrowed
+
+    borrowed = None if decoder is None else Borrowed(decoder)
+    if option == "propagation_reads_residual":
+        guide.decoder = borrowed
+    else:
+        guide.discovery.reads_difference = borrowed
+
+
+@pytest.mark.parametrize(
+    ("name", "option", "first", "later"),
+    [
+        ("mlp-sqair", "propagation_reads_residual", "z_what_prop_1_0", "z_what_prop_1_1"),
+        ("mlp-sqair", "discovery_reads_difference", "z_where_disc_0_0", "z_where_disc_0_1"),
+        ("mlp-air", "discovery_reads_difference", "z_where_0", "z_where_1"),
+    ],
+)
+def test_the_guides_read_what_the_objects_before_leave_when_asked(name, option, first, later):
+    """``propagation_reads_residual`` (propagation's glimpses) and ``discovery_reads_difference``
+    (DAIR: discovery's context after its first step) hold the model's own decoder without
+    owning its weights (not in the guide's parameters or state); with a decoder that draws
+    nothing each is the paper's guide draw for draw, and with the real decoder the first
+    object of a frame is unchanged (nothing is drawn before it) while later ones see less.
+    Propagation's residual needs SQAIR, both need objects (not the VRNN); a copy of the guide
+    alone reads the same decoder, a copy of the pair its copy of the decoder."""
+    import copy
+
+    config = preset(name, hidden=32, z_what_dim=8, init_from=None, discovery_pres_bias=4.0)
+    config = config.replace(**{"discovery_reads_difference": False, option: True})
+    model, guide = build(config)
+    decoder = model.likelihood.decoder
+    copied_model, copied_guide = copy.deepcopy((model, guide))
+    for g, d in ((guide, decoder), (copy.deepcopy(guide), decoder), (copied_guide, None)):
+        held = g.decoder if option == "propagation_reads_residual" else g.discovery.reads_difference
+        assert held.module is (d or copied_model.likelihood.decoder)
+    assert not {id(p) for p in decoder.parameters()} & {id(p) for p in guide.parameters()}
+    assert not any("decoder" in key for key in guide.state_dict())
+    images = torch.rand(4, 3, 50, 50)
+
+    def trace(draws: object) -> pyro.poutine.Trace:
+        _use_decoder(guide, option, draws)
+        pyro.set_rng_seed(0)
+        with torch.no_grad():
+            return pyro.poutine.trace(guide).get_trace(images)
+
+    paper, nothing_drawn = trace(None), trace(lambda z: torch.zeros(len(z), *config.glimpse_size))
+    reading = trace(decoder)
+    assert paper.nodes.keys() == reading.nodes.keys()
+    for site in paper.stochastic_nodes:
+        torch.testing.assert_close(paper.nodes[site]["value"], nothing_drawn.nodes[site]["value"])
+    torch.testing.assert_close(paper.nodes[first]["value"], reading.nodes[first]["value"])
+    assert not torch.allclose(paper.nodes[later]["value"], reading.nodes[later]["value"])
+    if name == "mlp-air":
+        with pytest.raises(ValueError, match="needs SQAIR"):
+            build(preset(name, propagation_reads_residual=True, init_from=None))
+    with pytest.raises(ValueError, match="needs AIR or SQAIR"):
+        build(preset("mlp-vrnn", **{option: True}))
+
+
+def test_sqair_discovery_reads_the_difference_from_the_propagated_objects(monkeypatch):
+    """With ``discovery_reads_difference`` SQAIR's discovery after the first frame starts from
+    Alg. 1's canvas of the frame's propagated objects, in the first frame from nothing; the
+    mask of ``discovery_masks_propagated`` is another reading, refused beside it."""
+    from sqair_pyro.guides.air import DiscoveryRNN
+    from sqair_pyro.models.likelihood import draw
+
+    given, forward = [], DiscoveryRNN.forward
+
+    def spy(self, *args, drawn=None, **kwargs):
+        given.append(drawn)
+        return forward(self, *args, drawn=drawn, **kwargs)
+
+    monkeypatch.setattr(DiscoveryRNN, "forward", spy)
+    config = preset("mlp-sqair", hidden=32, z_what_dim=8, init_from=None, discovery_pres_bias=4.0)
+    model, guide = build(config)
+    pyro.set_rng_seed(0)
+    with torch.no_grad():
+        trace = pyro.poutine.trace(guide).get_trace(torch.rand(4, 3, 50, 50))
+    assert len(given) == 3 and given[0] is None
+    for t in (1, 2):
+        objects = [
+            torch.stack([trace.nodes[f"{kind}_prop_{t}_{i}"]["value"] for i in range(3)], -2)
+            for kind in ("z_what", "z_where", "z_pres")
+        ]
+        assert objects[2].any()  # something was propagated
+        expected = draw(model.likelihood.decoder, *objects, (50, 50))
+        torch.testing.assert_close(given[t], expected)
+    with pytest.raises(ValueError, match="choose one"):
+        build(config.replace(discovery_masks_propagated=True))
+
+
 @pytest.mark.parametrize("on", [False, True])
 def test_the_sqair_guide_masks_the_propagated_objects_when_asked(on, monkeypatch):
     """``discovery_masks_propagated`` reaches the guide: after the first frame discovery's
@@ -383,13 +489,15 @@ def test_the_sqair_guide_masks_the_propagated_objects_when_asked(on, monkeypatch
         masked.append(unexplained(image, objects, size))
         return masked[-1]
 
-    def spy_discovery(self, image, context, num_free, site, extra=None, found=None):
+    def spy_discovery(self, image, context, num_free, site, extra=None, found=None, **kwargs):
         seen.append((context, extra))
-        return discover(self, image, context, num_free, site, extra, found)
+        return discover(self, image, context, num_free, site, extra, found, **kwargs)
 
     monkeypatch.setattr(sqair_guide, "unexplained", spy_mask)
     monkeypatch.setattr(DiscoveryRNN, "forward", spy_discovery)
-    config = preset("mlp-sqair", hidden=32, z_what_dim=8, init_from=None)
+    config = preset(
+        "mlp-sqair", hidden=32, z_what_dim=8, init_from=None, discovery_reads_difference=False
+    )
     guide = build(config.replace(discovery_masks_propagated=on))[1]
     pyro.set_rng_seed(0)
     with torch.no_grad(), pyro.plate("particles", 2, dim=-2):

@@ -182,13 +182,20 @@ def test_checkpoints_get_the_usual_file_mode(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o644
 
 
-def test_sqair_warm_started_from_air_discovers_the_first_frame_as_air_does(tiny_data, tmp_path):
-    """init_from copies matching weights and widens the discovery RNN's input with zeros."""
+@pytest.mark.parametrize("difference", [False, True])
+def test_sqair_warm_started_from_air_discovers_the_first_frame_as_air_does(
+    difference, tiny_data, tmp_path
+):
+    """init_from copies matching weights and widens the discovery RNN's input with zeros; so
+    in the first frame SQAIR's discovery is AIR's, also where both read the difference."""
     import pyro
 
-    air_ckpt = train(small_config("mlp-air", num_steps=2), tiny_data, tmp_path, progress=False)
+    reading = dict(discovery_reads_difference=difference)
+    air_config = small_config("mlp-air", num_steps=2, **reading)
+    air_ckpt = train(air_config, tiny_data, tmp_path, progress=False)
     _, air_model, air_guide, _ = load_checkpoint(air_ckpt)
-    trainer = Trainer(small_config("mlp-sqair", init_from=str(air_ckpt), where_slot_shift_y=3.0))
+    sqair = small_config("mlp-sqair", init_from=str(air_ckpt), where_slot_shift_y=3.0, **reading)
+    trainer = Trainer(sqair)
     assert "guide.discovery.rnn.weight_ih" in trainer.initialised
     assert "model.likelihood.decoder.net.0.weight" in trainer.initialised
     frames = torch.rand(3, 2, 50, 50)
@@ -661,16 +668,20 @@ def test_a_zero_freezes_shared_weights_and_baselines(name, config):
 
 
 def test_a_warm_start_under_another_discovery_prior_warns(tiny_data, tmp_path):
-    """init_from weights trained with another where_slot_shift_y warn; matching ones do not."""
+    """init_from weights trained with another where_slot_shift_y or another discovery reading
+    warn; matching ones do not."""
     import warnings
 
     air = train(small_config("mlp-air", num_steps=1), tiny_data, tmp_path, progress=False)
     shift = load_checkpoint(air)[0].where_slot_shift_y
+    same = dict(init_from=str(air), discovery_reads_difference=False)
     with pytest.warns(UserWarning, match=f"where_slot_shift_y={shift!r}, this run has 7.0"):
-        Trainer(small_config("mlp-sqair", init_from=str(air), where_slot_shift_y=7.0))
+        Trainer(small_config("mlp-sqair", **same, where_slot_shift_y=7.0))
+    with pytest.warns(UserWarning, match="discovery_reads_difference=False, this run has True"):
+        Trainer(small_config("mlp-sqair", init_from=str(air), where_slot_shift_y=shift))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        Trainer(small_config("mlp-sqair", init_from=str(air), where_slot_shift_y=shift))
+        Trainer(small_config("mlp-sqair", **same, where_slot_shift_y=shift))
     # a config this version cannot read: no prior to compare, the weights still copy
     from sqair_pyro.checkpoint import with_checksum
 

@@ -28,6 +28,7 @@ from sqair_pyro.models.vrnn import (
 )
 from sqair_pyro.nn.modules import (
     MLP,
+    Borrowed,
     ConvEncoder,
     EncoderMLP,
     GlimpseDecoderMLP,
@@ -180,6 +181,25 @@ def what_where_prior(config: Config) -> WhatWherePrior:
     )
 
 
+#: The guide options of the object models: AIR's and SQAIR's (the first), SQAIR's (the rest).
+OBJECT_GUIDE_OPTIONS = (
+    "discovery_reads_difference",
+    "discovery_steps_over_propagated",
+    "discovery_masks_propagated",
+    "propagation_reads_residual",
+)
+
+
+def borrowed_decoder(config: Config, option: str, decoder: nn.Module | None) -> Borrowed | None:
+    """The model's ``decoder``, borrowed by a guide that reads what the model draws, where the
+    guide ``option`` of ``config`` is on; None where it is off."""
+    if not getattr(config, option):
+        return None
+    if decoder is None:
+        raise ValueError(f"{option} needs networks with a glimpse decoder")
+    return Borrowed(decoder)
+
+
 @register("model", "air")
 def air_model(config: Config, decoder: nn.Module) -> AIRModel:
     """AIR (Eslami et al. 2016) as SQAIR's discovery alone: each frame on its own."""
@@ -189,12 +209,15 @@ def air_model(config: Config, decoder: nn.Module) -> AIRModel:
 
 
 @register("guide", "air")
-def air_guide(config: Config, image_encoder: nn.Module, glimpse_encoder: nn.Module) -> AIRGuide:
+def air_guide(
+    config: Config, image_encoder: nn.Module, glimpse_encoder: nn.Module, decoder: nn.Module
+) -> AIRGuide:
     """AIR's inference: the image encoded once, then the discovery RNN (Eq. 2)."""
-    for name in ("discovery_steps_over_propagated", "discovery_masks_propagated"):
+    for name in OBJECT_GUIDE_OPTIONS[1:]:
         if getattr(config, name):
             raise ValueError(f"{name} needs SQAIR: AIR propagates nothing")
     discovery = discovery_rnn(config, glimpse_encoder, image_encoder, what_where_prior(config), 0)
+    discovery.reads_difference = borrowed_decoder(config, "discovery_reads_difference", decoder)
     if config.objective == "tracegraph":
         discovery.baseline = baseline_network(config)
     return AIRGuide(image_encoder, discovery)
@@ -214,8 +237,12 @@ def sqair_model(config: Config, decoder: nn.Module) -> SQAIRModel:
 
 
 @register("guide", "sqair")
-def sqair_guide(config: Config, image_encoder: nn.Module, glimpse_encoder: nn.Module) -> SQAIRGuide:
-    """SQAIR's inference: propagation (Alg. 2) then discovery (Alg. 3) in every frame."""
+def sqair_guide(
+    config: Config, image_encoder: nn.Module, glimpse_encoder: nn.Module, decoder: nn.Module
+) -> SQAIRGuide:
+    """SQAIR's inference: propagation (Alg. 2) then discovery (Alg. 3) in every frame; with
+    ``propagation_reads_residual`` or ``discovery_reads_difference`` it shares the model's
+    ``decoder``."""
     hidden = config.hidden
     propagation = PropagationRNNs(
         glimpse_encoder,
@@ -230,6 +257,12 @@ def sqair_guide(config: Config, image_encoder: nn.Module, glimpse_encoder: nn.Mo
     discovery = discovery_rnn(
         config, glimpse_encoder, image_encoder, what_where_prior(config), hidden
     )
+    if config.discovery_reads_difference and config.discovery_masks_propagated:
+        raise ValueError(
+            "discovery_reads_difference and discovery_masks_propagated are two readings of "
+            "the frame after the first: choose one"
+        )
+    discovery.reads_difference = borrowed_decoder(config, "discovery_reads_difference", decoder)
     if config.objective == "tracegraph":
         discovery.baseline = baseline_network(config)
         propagation.baseline = baseline_network(config)
@@ -242,6 +275,7 @@ def sqair_guide(config: Config, image_encoder: nn.Module, glimpse_encoder: nn.Mo
         hidden,
         step_over_propagated=config.discovery_steps_over_propagated,
         mask_propagated=config.discovery_masks_propagated,
+        decoder=borrowed_decoder(config, "propagation_reads_residual", decoder),
     )
 
 
@@ -252,8 +286,13 @@ def vrnn_model(config: Config, decoder: VRNNDecoder) -> VRNNModel:
 
 
 @register("guide", "vrnn")
-def vrnn_guide(config: Config, core: VRNNCore, glimpse_encoder: None) -> VRNNGuide:
+def vrnn_guide(
+    config: Config, core: VRNNCore, glimpse_encoder: None, decoder: VRNNDecoder
+) -> VRNNGuide:
     """The VRNN's inference network, on the model's own core."""
+    for name in OBJECT_GUIDE_OPTIONS:
+        if getattr(config, name):
+            raise ValueError(f"{name} needs AIR or SQAIR: the VRNN has no objects")
     return VRNNGuide(core, config.hidden, core.layers)
 
 
@@ -262,7 +301,8 @@ def build(config: Config) -> tuple[nn.Module, nn.Module]:
 
     After importing the modules in ``config.imports``: the networks (``config.encoder``),
     the model (``config.model``, around the decoder) and the guide (``config.guide``, or the
-    model's own name; around the encoders), each a registered component.
+    model's own name; around the encoders, and the model's decoder where it reads what the
+    model draws), each a registered component.
     """
     for module in config.imports:
         import_module(module)
@@ -270,7 +310,7 @@ def build(config: Config) -> tuple[nn.Module, nn.Module]:
     try:
         image_encoder, glimpse_encoder, decoder = component("networks", config.encoder)(config)
         model = component("model", config.model)(config, decoder)
-        guide = component("guide", guide_label)(config, image_encoder, glimpse_encoder)
+        guide = component("guide", guide_label)(config, image_encoder, glimpse_encoder, decoder)
     except (AttributeError, TypeError) as error:
         raise ValueError(
             f"the components do not fit together (networks {spec(config.encoder)[0]!r}, "

@@ -32,7 +32,7 @@ __all__ = ["KINDS", "component", "import_module", "names", "register", "spec"]
 KINDS: dict[str, str] = {
     "model": "the generative Pyro program as an nn.Module, from (config, decoder)",
     "guide": "the inference Pyro program as an nn.Module, from (config, image_encoder, "
-    "glimpse_encoder)",
+    "glimpse_encoder, decoder), the decoder the model's own",
     "networks": "(image_encoder, glimpse_encoder, decoder); a VRNN's: (core, None, decoder)",
     "discovery_prior": "a DiscoveryPrior (continue probabilities of new objects)",
     "propagation_prior": "a PropagationPrior (p(z_t | z_{t-1}) of tracked objects)",

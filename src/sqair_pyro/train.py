@@ -156,9 +156,16 @@ def parameter_groups(config: Config, modules: dict[str, nn.Module]) -> list[dict
     return [{"params": params, "lr": lr} for lr, params in by_lr.items()]
 
 
-#: The model fields that say where the discovery prior expects new objects: weights trained
-#: under other values are a posterior fitted to another prior (warned by :func:`warm_start`).
-PRIOR_FIELDS = ("where_scale_logit", "where_scale_sd", "where_shift_sd", "where_slot_shift_y")
+#: The fields that weights are fitted to (warned by :func:`warm_start`): where the discovery
+#: prior expects new objects (weights trained under other values are a posterior fitted to
+#: another prior), and what discovery's RNN reads after its first step.
+WARM_START_FIELDS = (
+    "where_scale_logit",
+    "where_scale_sd",
+    "where_shift_sd",
+    "where_slot_shift_y",
+    "discovery_reads_difference",
+)
 
 
 def warm_start(
@@ -176,9 +183,11 @@ def warm_start(
     the checkpoint's columns first and zeros for the new inputs, so it starts as AIR's.
 
     Given this run's ``config``, it warns where the checkpoint was trained under another
-    discovery prior (:data:`PRIOR_FIELDS`): measured, a SQAIR run with
-    ``where_slot_shift_y=3`` from an AIR trained with 0 counted 0.984 where the matching
-    prior counted 0.991 (docs/results.md, "MLP-SQAIR from the new MLP-AIR").
+    discovery prior or discovery reading (:data:`WARM_START_FIELDS`): measured, a SQAIR run
+    with ``where_slot_shift_y=3`` from an AIR trained with 0 counted 0.984 where the matching
+    prior counted 0.991 (docs/results.md, "MLP-SQAIR from the new MLP-AIR"), and an MLP-AIR
+    trained with ``discovery_reads_difference`` counts 0.74 without it, 0.91 with it
+    (docs/results.md, "MLP-AIR that reads the difference").
     """
     if str(checkpoint).startswith("pretrained:"):
         from sqair_pyro.pretrained import pretrained_path
@@ -190,7 +199,7 @@ def warm_start(
     except (KeyError, ValueError, TypeError, AttributeError):
         trained = None
     if trained is not None:
-        for name in PRIOR_FIELDS:
+        for name in WARM_START_FIELDS:
             if getattr(trained, name) != getattr(config, name):
                 warnings.warn(
                     f"init_from {checkpoint} was trained with {name}={getattr(trained, name)!r}, "

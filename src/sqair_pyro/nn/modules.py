@@ -109,6 +109,27 @@ class GlimpseDecoderMLP(nn.Module):
         return torch.sigmoid(logits).unflatten(-1, self.glimpse_size)
 
 
+class Borrowed:
+    """A module that a program uses but does not own, as a guide reads with the model's decoder:
+    not a submodule, so its weights stay out of the borrower's ``state_dict`` and
+    ``parameters()`` (they are saved and trained as the owner's) and ``.to()`` or ``.eval()``
+    on the borrower alone leave it as it is. ``copy.deepcopy`` keeps the reference, or
+    follows the module to its copy where the same call copied the owner first
+    (``copy.deepcopy(guide, {id(old_decoder): new_decoder})`` points it elsewhere)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __call__(self, *args: object, **kwargs: object) -> torch.Tensor:
+        return self.module(*args, **kwargs)
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Borrowed:
+        return Borrowed(memo.get(id(self.module), self.module))  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"Borrowed({type(self.module).__name__})"
+
+
 def bcat(tensors: list[torch.Tensor]) -> torch.Tensor:
     """Concatenate on the last dim after broadcasting the leading (batch, particle) dims."""
     lead = torch.broadcast_shapes(*(t.shape[:-1] for t in tensors))
