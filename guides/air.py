@@ -88,7 +88,9 @@ class DiscoveryRNN(nn.Module):
         self.baseline: nn.Module | None = None
         #: The model's glimpse decoder, borrowed: each step after the first reads the
         #: encoding of the frame less what the objects found so far draw (DAIR; see
-        #: :func:`residual`); None: AIR's reading, the same encoding at every step.
+        #: :func:`residual`), and in SQAIR's later frames less what the propagated objects
+        #: draw too; the first step reads the whole frame's encoding, as AIR's. None: AIR's
+        #: reading, the same encoding at every step.
         self.reads_difference: Borrowed | None = None
 
     def forward(
