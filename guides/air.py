@@ -173,7 +173,7 @@ class DiscoveryRNN(nn.Module):
                 site("z_what", i),
                 dist.Normal(rows.scatter(loc), rows.scatter(scale, 1.0)).to_event(1).mask(present),
             )
-            if self.reads_difference is not None:
+            if self.reads_difference is not None and i + 1 < self.max_objects:  # read by i + 1
                 one = (z_what.unsqueeze(-2), z_where.unsqueeze(-2), z_pres.unsqueeze(-2))
                 drawn = drawn + draw(self.reads_difference, *one, image.shape[-2:])
             features = rows.scatter(features)

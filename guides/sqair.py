@@ -212,7 +212,8 @@ class SQAIRGuide(nn.Module):
         last_where = encoding.new_zeros(*encoding.shape[:-1], 4)
         latents = SlotStack()
         temporal_states = []
-        drawn = torch.zeros_like(image)  # what the objects before i draw (with a decoder)
+        # What the objects before i draw, with a decoder (the last object's drawing is unused).
+        drawn = None if self.decoder is None else torch.zeros_like(image)
         for i in range(state.num_slots):
             was_present = state.z_pres[..., i, :]  # (..., 1)
             alive = was_present[..., 0].bool()
@@ -222,7 +223,7 @@ class SQAIRGuide(nn.Module):
             prev_what = rows.gather(state.z_what[..., i, :])
             prev_where = rows.gather(state.z_where[..., i, :])
             prev_temporal = rows.gather(state.hidden[..., i, :])
-            seen = image if self.decoder is None else residual(image, drawn)
+            seen = image if drawn is None else residual(image, drawn)
             frame, context = rows.gather(seen, event_dims=2), rows.gather(encoding)
             # Proposal location and glimpse (Alg. 2 lines 5-7).
             proposal = prev_where + 0.1 * net.proposal(bcat([prev_where, prev_temporal]))
@@ -259,7 +260,7 @@ class SQAIRGuide(nn.Module):
             relation = torch.where(keep, rows.scatter(w_relation), relation)
             last_what = torch.where(keep, z_what, last_what)
             last_where = torch.where(keep, z_where, last_where)
-            if self.decoder is not None:
+            if drawn is not None and i + 1 < state.num_slots:
                 one = (z_what.unsqueeze(-2), z_where.unsqueeze(-2), z_pres.unsqueeze(-2))
                 drawn = drawn + draw(self.decoder, *one, image.shape[-2:])
             latents.append(z_pres=z_pres, z_where=z_where, z_what=z_what)

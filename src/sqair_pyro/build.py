@@ -181,13 +181,14 @@ def what_where_prior(config: Config) -> WhatWherePrior:
     )
 
 
-#: The guide options of the object models: AIR's and SQAIR's (the first), SQAIR's (the rest).
-OBJECT_GUIDE_OPTIONS = (
-    "discovery_reads_difference",
+#: The guide options that only SQAIR's guide takes (they read the propagated objects).
+SQAIR_GUIDE_OPTIONS = (
     "discovery_steps_over_propagated",
     "discovery_masks_propagated",
     "propagation_reads_residual",
 )
+#: The guide options of the object models, AIR's and SQAIR's.
+OBJECT_GUIDE_OPTIONS = ("discovery_reads_difference", *SQAIR_GUIDE_OPTIONS)
 
 
 def borrowed_decoder(config: Config, option: str, decoder: nn.Module | None) -> Borrowed | None:
@@ -213,7 +214,7 @@ def air_guide(
     config: Config, image_encoder: nn.Module, glimpse_encoder: nn.Module, decoder: nn.Module
 ) -> AIRGuide:
     """AIR's inference: the image encoded once, then the discovery RNN (Eq. 2)."""
-    for name in OBJECT_GUIDE_OPTIONS[1:]:
+    for name in SQAIR_GUIDE_OPTIONS:
         if getattr(config, name):
             raise ValueError(f"{name} needs SQAIR: AIR propagates nothing")
     discovery = discovery_rnn(config, glimpse_encoder, image_encoder, what_where_prior(config), 0)
