@@ -111,6 +111,13 @@ def load_programs_and_truth(args: argparse.Namespace, keys: tuple[str, ...], wit
     return config, model, guide, arrays
 
 
+def first_sequences(data: dict, sequences: int, frames: int) -> torch.Tensor:
+    """The first ``sequences`` of ``data`` (all, if it holds fewer), their first ``frames``
+    frames, as training batches them: ``(B, T, H, W)`` intensities in [0, 1]."""
+    count = min(sequences, len(data["images"]))
+    return SequenceBatches(data, frames, seed=0).get(list(range(count)), frames)[0]
+
+
 def write_report(report: dict, path: Path | None) -> None:
     """Print a benchmark's report as JSON and, given a path, write it there too."""
     print(json.dumps(report, indent=2))

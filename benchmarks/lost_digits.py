@@ -41,18 +41,16 @@ import numpy as np
 import torch
 from gradient_terms import (
     checkpoint_parser,
-    load_programs_and_truth,
     parse_checked,
     run_script,
     write_report,
 )
-from posterior_means import VARIANTS, scored_latents, squared_error
+from posterior_means import VARIANTS, reconstructed_sequences
 
 from sqair_pyro.cli import positive_int, unit_interval
 from sqair_pyro.evaluate import predicted_boxes
 from sqair_pyro.forecast import match_digits
 from sqair_pyro.tracking import box_iou, new_objects_per_frame
-from sqair_pyro.train import SequenceBatches
 from sqair_pyro.viz import ground_truth_rows, plot_sequences
 
 #: What a digit's previous frame showed before its first loss.
@@ -156,14 +154,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--figure", type=Path, default=None, help="PNG of the worst sequences")
     parser.add_argument("--figure-sequences", type=positive_int, default=4)
     args = parse_checked(parser, argv)
-    config, model, guide, data = load_programs_and_truth(
-        args, ("boxes", "visible"), "no digits to lose"
-    )
-    count, frames = min(args.sequences, len(data["images"])), args.frames
-    images, _ = SequenceBatches(data, frames, seed=0).get(list(range(count)), frames)
     prefixes = VARIANTS["both_at_mean" if args.latents == "mean" else "drawn"]
-    log_lik, latents = scored_latents(model, guide, images, prefixes)
-    errors = squared_error(log_lik, images[0, 0].numel(), config.obs_sd).numpy()
+    config, model, guide, data, images, errors, latents = reconstructed_sequences(
+        args, ("boxes", "visible"), "no digits to lose", prefixes
+    )
+    errors = errors.numpy()
+    count, frames = images.shape[:2]
     canvas = tuple(images.shape[-2:])
     boxes, ids = predicted_boxes(model, latents, canvas, mode="content")
     true_boxes = data["boxes"][:count, :frames]

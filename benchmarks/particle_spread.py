@@ -29,6 +29,7 @@ import torch
 from gradient_terms import (
     checkpoint_parser,
     family,
+    first_sequences,
     load_programs,
     parse_checked,
     run_script,
@@ -37,7 +38,7 @@ from gradient_terms import (
 
 from sqair_pyro.cli import positive_int
 from sqair_pyro.data import load_npz
-from sqair_pyro.train import SequenceBatches, make_objective, split_validation
+from sqair_pyro.train import make_objective, split_validation
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,9 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_checked(parser, argv)
     config, model, guide = load_programs(args)
     _, valid = split_validation(load_npz(args.data), config.validation_size)
-    images, _ = SequenceBatches(valid, args.frames, seed=0).get(
-        list(range(min(args.sequences, len(valid["images"])))), args.frames
-    )
+    images = first_sequences(valid, args.sequences, args.frames)
     elbo = make_objective(config.replace(num_particles=args.particles))
     if not hasattr(elbo, "log_weight_terms"):
         parser.error(

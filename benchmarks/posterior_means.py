@@ -24,19 +24,28 @@ report also gives each variant's squared error per frame, and that of the paper'
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 
 import pyro
 import torch
-from gradient_terms import checkpoint_parser, load_programs, parse_checked, run_script, write_report
+from gradient_terms import (
+    checkpoint_parser,
+    first_sequences,
+    load_programs,
+    load_programs_and_truth,
+    parse_checked,
+    run_script,
+    write_report,
+)
 from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from torch import nn
 
 from sqair_pyro.cli import positive_int
 from sqair_pyro.data import load_npz
-from sqair_pyro.train import SequenceBatches, split_validation
+from sqair_pyro.train import split_validation
 
 #: the latent families that may be set to their posterior means, by variant
 VARIANTS: dict[str, tuple[str, ...]] = {
@@ -79,6 +88,21 @@ def scored_latents(
     return torch.stack([site["fn"].log_prob(site["value"]) for site in frames], -1), latents
 
 
+def reconstructed_sequences(
+    args: argparse.Namespace, keys: tuple[str, ...], without: str, prefixes: tuple[str, ...]
+) -> tuple:
+    """``(config, model, guide, data, images, errors, latents)``: the programs of
+    ``--checkpoint`` and ``--data`` with its ground truth ``keys`` (else one line naming what
+    the script cannot do ``without`` them), its first ``--sequences`` sequences of
+    ``--frames`` frames, and their squared error per frame ``(B, T)`` with the latents of
+    ``prefixes`` at their posterior means (:func:`scored_latents`, which also gives them)."""
+    config, model, guide, data = load_programs_and_truth(args, keys, without)
+    images = first_sequences(data, args.sequences, args.frames)
+    log_lik, latents = scored_latents(model, guide, images, prefixes)
+    errors = squared_error(log_lik, images[0, 0].numel(), config.obs_sd)
+    return config, model, guide, data, images, errors, latents
+
+
 def log_likelihood_per_frame(
     model: nn.Module, guide: nn.Module, images: torch.Tensor, prefixes: tuple[str, ...]
 ) -> torch.Tensor:
@@ -115,8 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     data = load_npz(args.data)
     if args.split == "validation":
         _, data = split_validation(data, config.validation_size)
-    count = min(args.sequences, len(data["images"]))
-    images, _ = SequenceBatches(data, args.frames, seed=0).get(list(range(count)), args.frames)
+    images = first_sequences(data, args.sequences, args.frames)
+    count = len(images)
     pixels, sigma = images[0, 0].numel(), config.obs_sd
 
     def frame_error(log_lik: float) -> float:

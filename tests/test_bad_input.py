@@ -161,6 +161,12 @@ CASES = [
     ("SQAIR with two readings", lambda p: ["train", "--preset", "mlp-sqair", "--data",
      str(p["data"]), "--out", str(p["root"] / "r4"), "--set", "init_from=None", "--set",
      "discovery_masks_propagated=true"], "choose one", 1),
+    # A finer decoded glimpse: a size, and networks that size their decoder by it.
+    ("decoder glimpse of 0 pixels", lambda p: _train(p, "--set", "decoder_glimpse_size=[0, 28]"),
+     "must be two positive integers", 1),
+    ("finer decoder of CONV-AIR", lambda p: ["train", "--preset", "conv-air", "--data",
+     str(p["data"]), "--out", str(p["root"] / "r5"), "--set", "init_from=None", "--set",
+     "decoder_glimpse_size=[28, 28]"], "decoder_glimpse_size needs networks", 1),
     # Ranges argparse checks (exit status 2).
     ("train --steps 0", lambda p: _train(p, "--steps", "0"), "must be a positive integer", 2),
     ("show --observed 0", lambda p: ["show", "--checkpoint", str(p["ckpt"]), "--data",
@@ -260,6 +266,11 @@ BENCHMARK_CASES = [
      "must be a positive integer", 2),
     ("posterior_means --seeds 0", "posterior_means", lambda p: ["--seeds", "0"],
      "must be a positive integer", 2),
+    ("reconstruction_floor of frames without boxes", "reconstruction_floor", lambda p: [
+     "--checkpoint", str(p["ckpt"]), "--data", str(p["frames_only.npz"])],
+     "no digits to compare with", 1),
+    ("reconstruction_floor --glimpse 0 20", "reconstruction_floor", lambda p: ["--glimpse", "0",
+     "20"], "must be a positive integer", 2),
     ("particle_spread --particles 0", "particle_spread", lambda p: ["--particles", "0"],
      "must be a positive integer", 2),
     ("precision checkpoint without data", "precision", lambda p: ["--checkpoint",

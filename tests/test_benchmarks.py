@@ -201,3 +201,34 @@ def test_first_losses_need_a_found_frame_before_and_name_re_entries(lost_digits)
     assert np.isnan(
         lost_digits.split_error(np.zeros((1, 2)), nothing.any(-1))["share_of_squared_error"]
     )
+
+
+def test_the_best_glimpse_through_a_window_and_what_lies_outside_it(monkeypatch):
+    """``best_glimpse_error``: a frame that is a glimpse (values in [0, 1]) placed through a
+    window is drawn back exactly (error 0 to 1e-6); a pixel outside every window adds its
+    own square; a value above the decoder's range (1.5 inside a one-pixel-per-pixel window)
+    leaves 0.5 squared; single-object frames are those with one object and one digit."""
+    import torch
+
+    from sqair_pyro.nn.spatial_transformer import place, placement_weights
+
+    floor = benchmark(monkeypatch, "reconstruction_floor")
+    generator = torch.Generator().manual_seed(0)
+    z_where = torch.tensor([[0.4, 0.5, -0.1, 0.2], [0.5, 0.5, 0.0, 0.0]], dtype=torch.float64)
+    glimpses = torch.rand(2, 10, 10, generator=generator, dtype=torch.float64)
+    frames = place(glimpses, z_where, (20, 20))
+    frames[1, 0, 0] = 0.7  # outside the second window (its middle half)
+    b_y, b_x = placement_weights(z_where, (10, 10), (20, 20))
+    errors = floor.best_glimpse_error(frames, b_y, b_x, iterations=2000)
+    assert errors[0] < 1e-6
+    assert errors[1] == pytest.approx(0.49, abs=1e-6)
+    exact = torch.tensor([[1.0, 1.0, 0.0, 0.0]], dtype=torch.float64)  # 10 px over 10 px
+    bright = torch.zeros(1, 10, 10, dtype=torch.float64)
+    bright[0, 4, 4] = 1.5
+    errors = floor.best_glimpse_error(bright, *placement_weights(exact, (10, 10), (10, 10)))
+    assert errors[0] == pytest.approx(0.25, abs=1e-6)
+    present = np.array([[[1, 0], [1, 1]], [[0, 0], [0, 1]]], dtype=bool)
+    visible = np.array([[[0, 1], [1, 0]], [[1, 0], [1, 0]]], dtype=bool)
+    sequence, frame, slot, digit = floor.single_object_frames(present, visible)
+    assert sequence.tolist() == [0, 1] and frame.tolist() == [0, 1]
+    assert slot.tolist() == [0, 1] and digit.tolist() == [1, 0]

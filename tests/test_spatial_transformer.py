@@ -8,6 +8,8 @@ from sqair_pyro.nn.spatial_transformer import (
     boxes_to_z_where,
     glimpse,
     place,
+    placement_weights,
+    resampling_matrix,
     z_where_to_boxes,
 )
 
@@ -146,3 +148,29 @@ def test_gradients_flow_to_z_where():
     assert torch.autograd.gradcheck(lambda z: place(glimpses, z, (50, 50)), (z_where,))
     place(glimpses, z_where, (50, 50)).sum().backward()
     assert (z_where.grad.abs().sum(-1) > 0).all()
+
+
+def test_resampling_a_glimpse_keeps_constants_and_is_the_identity_at_its_own_size():
+    """``resampling_matrix``: rows of convex weights (a constant glimpse stays constant), the
+    identity at the same size, and a linear ramp along x stays a ramp at the new pixel
+    centres (bilinear, away from the repeated edge pixels)."""
+    matrix = resampling_matrix((20, 12), (28, 16))
+    assert matrix.shape == (28 * 16, 20 * 12) and (matrix >= 0).all()
+    torch.testing.assert_close(matrix.sum(-1), torch.ones(28 * 16))
+    torch.testing.assert_close(resampling_matrix((5, 7), (5, 7)), torch.eye(35))
+    ramp = torch.arange(12.0).expand(20, 12)  # value = pixel column
+    resampled = (matrix @ ramp.flatten()).view(28, 16)
+    columns = (torch.arange(16) + 0.5) * 12 / 16 - 0.5  # new centres in old pixel units
+    inner = (columns >= 0) & (columns <= 11)
+    torch.testing.assert_close(resampled[:, inner], columns[inner].expand(28, -1))
+
+
+def test_placement_weights_are_the_two_factors_of_place():
+    generator = torch.Generator().manual_seed(0)
+    z_where = _random_z_where(6, generator)
+    glimpses = torch.rand(6, 9, 5, generator=generator, dtype=torch.float64)
+    b_y, b_x = placement_weights(z_where, (9, 5), (30, 40))
+    assert b_y.shape == (6, 30, 9) and b_x.shape == (6, 40, 5)
+    torch.testing.assert_close(
+        b_y @ glimpses @ b_x.transpose(-1, -2), place(glimpses, z_where, (30, 40))
+    )

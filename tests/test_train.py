@@ -735,3 +735,25 @@ def test_presence_exploration_acts_on_training_steps_only(tiny_data, monkeypatch
     assert explored_sites == []
     exploring.step(images)  # a whole VIMCO step through the explored guide
     assert any(name.startswith("z_pres_disc") for name in explored_sites)
+
+
+def test_a_warm_start_into_a_finer_decoder_resamples_its_output_layer(tiny_data, tmp_path):
+    """init_from weights whose decoder drew 20x20 glimpses into a 28x28 decoder: every other
+    weight copies as it is, and the new output layer's logits are exactly the trained
+    logits resampled bilinearly (``resampling_matrix``) for any z_what; other networks than
+    the MLP's refuse the setting."""
+    from sqair_pyro.build import build
+    from sqair_pyro.nn.spatial_transformer import resampling_matrix
+
+    air = train(small_config("mlp-air", num_steps=1), tiny_data, tmp_path, progress=False)
+    trainer = Trainer(small_config("mlp-air", init_from=str(air), decoder_glimpse_size=[28, 28]))
+    trained = load_checkpoint(air)[1].likelihood.decoder
+    finer = trainer.model.likelihood.decoder
+    assert finer.glimpse_size == (28, 28) and finer(torch.zeros(1, 8)).shape == (1, 28, 28)
+    assert "model.likelihood.decoder.net.6.weight" in trainer.initialised
+    z_what = torch.randn(5, trained.net[0].in_features)
+    with torch.no_grad():
+        expected = trained.net(z_what) @ resampling_matrix((20, 20), (28, 28)).T
+        torch.testing.assert_close(finer.net(z_what), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="decoder_glimpse_size needs networks"):
+        build(small_config("conv-air", decoder_glimpse_size=[28, 28]))

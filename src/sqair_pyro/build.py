@@ -70,7 +70,7 @@ def mlp_networks(config: Config) -> tuple[nn.Module, nn.Module, nn.Module]:
     return (
         EncoderMLP(config.image_size, [hidden, hidden]),
         EncoderMLP(config.glimpse_size, [hidden, hidden]),
-        GlimpseDecoderMLP(config.z_what_dim, [hidden] * 3, config.glimpse_size),
+        GlimpseDecoderMLP(config.z_what_dim, [hidden] * 3, config.decoded_glimpse),
     )
 
 
@@ -310,6 +310,12 @@ def build(config: Config) -> tuple[nn.Module, nn.Module]:
     guide_label = config.guide or spec(config.model)[0]  # the model's arguments are its own
     try:
         image_encoder, glimpse_encoder, decoder = component("networks", config.encoder)(config)
+        drawn = getattr(decoder, "glimpse_size", None)
+        if config.decoder_glimpse_size is not None and drawn != config.decoder_glimpse_size:
+            raise ValueError(
+                f"decoder_glimpse_size needs networks that size their decoder by it "
+                f"(mlp), not {spec(config.encoder)[0]!r}"
+            )
         model = component("model", config.model)(config, decoder)
         guide = component("guide", guide_label)(config, image_encoder, glimpse_encoder, decoder)
     except (AttributeError, TypeError) as error:

@@ -107,8 +107,13 @@ def glimpse_like(
 
 @torch.no_grad()
 def classify(classifier: nn.Module, glimpses: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
-    """Predicted classes (...,) of glimpses (..., 20, 20)."""
-    flat = glimpses.reshape(-1, GLIMPSE, GLIMPSE).float()
+    """Predicted classes (...,) of glimpses (..., 20, 20); glimpses of another size (a finer
+    decoder's) are resampled to 20x20 first (bilinear, antialiased)."""
+    flat = glimpses.reshape(-1, *glimpses.shape[-2:]).float()
+    if tuple(flat.shape[-2:]) != (GLIMPSE, GLIMPSE):
+        flat = F.interpolate(
+            flat.unsqueeze(1), (GLIMPSE, GLIMPSE), mode="bilinear", antialias=True
+        ).squeeze(1)
     out = [classifier(flat[i : i + batch_size]).argmax(-1) for i in range(0, len(flat), batch_size)]
     return (torch.cat(out) if out else torch.zeros(0, dtype=torch.long)).reshape(
         glimpses.shape[:-2]

@@ -182,12 +182,14 @@ def warm_start(
     discovery RNN, which also reads the propagated objects' summary after AIR's inputs) gets
     the checkpoint's columns first and zeros for the new inputs, so it starts as AIR's.
 
-    Given this run's ``config``, it warns where the checkpoint was trained under another
-    discovery prior or discovery reading (:data:`WARM_START_FIELDS`): measured, a SQAIR run
-    with ``where_slot_shift_y=3`` from an AIR trained with 0 counted 0.984 where the matching
-    prior counted 0.991 (docs/results.md, "MLP-SQAIR from the new MLP-AIR"), and an MLP-AIR
-    trained with ``discovery_reads_difference`` counts 0.74 without it, 0.91 with it
-    (docs/results.md, "MLP-AIR that reads the difference").
+    Given this run's ``config``, a glimpse decoder that draws glimpses of another size than the
+    checkpoint's gets its output layer resampled (``resample_state``), and it warns where the
+    checkpoint was trained under another discovery prior or discovery reading
+    (:data:`WARM_START_FIELDS`): measured, a SQAIR run with ``where_slot_shift_y=3`` from an
+    AIR trained with 0 counted 0.984 where the matching prior counted 0.991 (docs/results.md,
+    "MLP-SQAIR from the new MLP-AIR"), and an MLP-AIR trained with
+    ``discovery_reads_difference`` counts 0.74 without it, 0.91 with it (docs/results.md,
+    "MLP-AIR that reads the difference").
     """
     if str(checkpoint).startswith("pretrained:"):
         from sqair_pyro.pretrained import pretrained_path
@@ -206,6 +208,11 @@ def warm_start(
                     f"this run has {getattr(config, name)!r} (--set {name}=... to match)",
                     stacklevel=2,
                 )
+    if trained is not None:  # a decoder of another glimpse size starts as the trained one
+        for prefix, module in (("model", model), ("guide", guide)):
+            for name, sub in module.named_modules():
+                if hasattr(sub, "resample_state"):
+                    sub.resample_state(payload[prefix], f"{name}.", trained.decoded_glimpse)
     copied = []
     for prefix, module in (("model", model), ("guide", guide)):
         own = module.state_dict()

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sqair_pyro.nn.precision import full_precision
+from sqair_pyro.nn.spatial_transformer import resampling_matrix
 
 
 class MLP(nn.Sequential):
@@ -88,7 +89,9 @@ class GlimpseDecoderMLP(nn.Module):
     """``f^dec(z_what)``: z_what to glimpse intensities in (0, 1) (Alg. 1 line 4).
 
     The output bias starts at ``output_bias`` (-2: dim initial glimpses), since too bright
-    initial reconstructions teach the guide to switch every object off for good.
+    initial reconstructions teach the guide to switch every object off for good. Its
+    ``glimpse_size`` may be finer than the glimpse the encoders read (the config's
+    ``decoder_glimpse_size``, a departure from the paper; :meth:`resample_state`).
     """
 
     def __init__(
@@ -107,6 +110,28 @@ class GlimpseDecoderMLP(nn.Module):
     def forward(self, z_what: torch.Tensor) -> torch.Tensor:
         logits = self.net(z_what) + self.output_bias
         return torch.sigmoid(logits).unflatten(-1, self.glimpse_size)
+
+    def resample_state(
+        self, state: dict[str, torch.Tensor], prefix: str, trained: tuple[int, int]
+    ) -> None:
+        """In ``state`` (a checkpoint's, keys under ``prefix``), resample an output layer
+        trained for glimpses of ``trained`` pixels to this decoder's: each pixel's logit
+        weights and bias interpolated bilinearly from the trained pixels'
+        (:func:`~sqair_pyro.nn.spatial_transformer.resampling_matrix`), so that it draws
+        nearly what it drew through the same windows (measured: docs/results.md, "A finer
+        decoded glimpse")."""
+        last = len(self.net) - 1
+        weight, bias = f"{prefix}net.{last}.weight", f"{prefix}net.{last}.bias"
+        if weight not in state or tuple(trained) == tuple(self.glimpse_size):
+            return
+        if state[weight].shape[0] != math.prod(trained):
+            raise ValueError(
+                f"{weight} has {state[weight].shape[0]} rows, "
+                f"not a {trained[0]}x{trained[1]} glimpse"
+            )
+        resample = resampling_matrix(tuple(trained), self.glimpse_size).to(state[weight])
+        state[weight] = resample @ state[weight]
+        state[bias] = resample @ state[bias]
 
 
 class Borrowed:

@@ -14,7 +14,9 @@ Placement uses those two small matrix products (2.9x faster than ``grid_sample``
 extraction uses ``grid_sample`` (faster in that direction) on a grid built per axis.
 
 - :func:`glimpse`  ``g = ST(x, z_where)``: extract a glimpse from an image.
-- :func:`place`    ``y = ST^{-1}(g, z_where)``: draw a glimpse onto a canvas (the inverse).
+- :func:`place`    ``y = ST^{-1}(g, z_where)``: draw a glimpse onto a canvas (the inverse);
+  :func:`placement_weights` its two matrices; :func:`resampling_matrix` a glimpse at another
+  resolution.
 - :func:`where_to_transform`: the latent (unconstrained) z_where to ``(s_x, s_y, t_x, t_y)``.
 - :func:`z_where_to_boxes` / :func:`boxes_to_z_where`: the one place that converts between
   ``z_where`` and pixel boxes ``(x, y, width, height)``.
@@ -83,14 +85,36 @@ def place(glimpses: torch.Tensor, z_where: torch.Tensor, size: tuple[int, int]) 
     :param size: canvas ``(H, W)``.
     :returns: ``(*batch, H, W)`` canvases, zero outside each glimpse's window.
     """
+    b_y, b_x = placement_weights(z_where, tuple(glimpses.shape[-2:]), size)
+    return b_y @ glimpses @ b_x.transpose(-1, -2)
+
+
+def placement_weights(
+    z_where: torch.Tensor, glimpse_size: tuple[int, int], size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two matrices of :func:`place`: ``ST^{-1}(g, z_where) = B_y g B_x^T``.
+
+    :returns: ``B_y`` ``(*batch, H, h)`` and ``B_x`` ``(*batch, W, w)``, the bilinear weights
+        of each glimpse pixel at each canvas pixel centre (placement is linear in ``g``).
+    """
     height, width = size
     sx, sy, tx, ty = z_where.unbind(-1)
     # Glimpse coordinates of every canvas pixel centre: u = (x - t) / s.
     vs = (_pixel_centres(height, z_where) - ty.unsqueeze(-1)) / sy.unsqueeze(-1)  # (*batch, H)
     us = (_pixel_centres(width, z_where) - tx.unsqueeze(-1)) / sx.unsqueeze(-1)  # (*batch, W)
-    b_y = _hat_weights(vs, glimpses.shape[-2])  # (*batch, H, h)
-    b_x = _hat_weights(us, glimpses.shape[-1])  # (*batch, W, w)
-    return b_y @ glimpses @ b_x.transpose(-1, -2)
+    return _hat_weights(vs, glimpse_size[0]), _hat_weights(us, glimpse_size[1])
+
+
+def resampling_matrix(old: tuple[int, int], new: tuple[int, int]) -> torch.Tensor:
+    """``R`` of shape ``(new_h * new_w, old_h * old_w)``: a glimpse of ``old`` pixels (flattened)
+    resampled to ``new`` pixels, ``g_new = R g_old``, bilinearly at the new pixel centres on
+    the same window (edge pixels repeat, so each row sums to 1)."""
+
+    def axis(n_new: int, n_old: int) -> torch.Tensor:
+        weights = _hat_weights(_pixel_centres(n_new, torch.zeros(())), n_old)
+        return weights / weights.sum(-1, keepdim=True)
+
+    return torch.kron(axis(new[0], old[0]), axis(new[1], old[1]))
 
 
 def where_to_transform(z_where: torch.Tensor) -> torch.Tensor:

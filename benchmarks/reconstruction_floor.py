@@ -1,0 +1,166 @@
+"""How much of the reconstruction error is the window's: the best glimpse through each window.
+
+Under the additive likelihood (Alg. 1) an object draws ``B_y g B_x^T``: its glimpse ``g`` of
+``h x w`` pixels resampled through its window ``z_where``. A wide window spreads the glimpse's
+pixels over more canvas pixels, so even a perfect decoder cannot draw a sharp digit through
+it. For every frame of the first ``--sequences`` sequences in which the guide infers one
+present object and one digit is in view (z_where and z_what at their posterior means, z_pres
+drawn), this script reports the summed squared error per frame of
+
+- ``model``: the model's own reconstruction (as ``posterior_means.py`` scores it);
+- ``window_floor``: the best glimpse of ``--glimpse`` pixels with values in [0, 1] (the
+  decoder's range) drawn through the object's window: what the window allows a perfect
+  decoder and z_what;
+- ``true_box_floor``: the same through the digit's true tight box (digits wholly in view);
+
+and the windows' width and height over the digit's box, and their centres' offset in pixels.
+``model`` less ``window_floor`` is the appearance's share (decoder and z_what); the window
+floor at a larger ``--glimpse`` is what a finer glimpse would allow through the same windows.
+
+    .venv/bin/python benchmarks/reconstruction_floor.py \
+        --checkpoint src/sqair_pyro/weights/mlp-sqair.pt --data data/mm/test.npz \
+        --sequences 300 --glimpse 20 20 --glimpse 28 28 --threads 1
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+import torch
+from gradient_terms import (
+    checkpoint_parser,
+    parse_checked,
+    run_script,
+    write_report,
+)
+from posterior_means import VARIANTS, reconstructed_sequences
+
+from sqair_pyro.cli import positive_int
+from sqair_pyro.nn.spatial_transformer import (
+    boxes_to_z_where,
+    placement_weights,
+    where_to_transform,
+    z_where_to_boxes,
+)
+
+
+def best_glimpse_error(
+    frames: torch.Tensor, b_y: torch.Tensor, b_x: torch.Tensor, iterations: int = 500
+) -> torch.Tensor:
+    """``min_g ||B_y g B_x^T - frame||^2`` over glimpses ``g`` with values in [0, 1], per frame.
+
+    Projected gradient descent with step ``1 / L`` (``L = ||B_y||_2^2 ||B_x||_2^2``, the
+    gradient's Lipschitz constant), from the clipped least-squares solution.
+
+    :param frames: ``(n, H, W)``; :param b_y: ``(n, H, h)``; :param b_x: ``(n, W, w)``
+        (:func:`~sqair_pyro.nn.spatial_transformer.placement_weights`).
+    :returns: ``(n,)`` summed squared errors.
+    """
+    frames, b_y, b_x = frames.double(), b_y.double(), b_x.double()
+    glimpse = (torch.linalg.pinv(b_y) @ frames @ torch.linalg.pinv(b_x).transpose(-1, -2)).clamp(
+        0, 1
+    )
+    lipschitz = torch.linalg.matrix_norm(b_y, 2) ** 2 * torch.linalg.matrix_norm(b_x, 2) ** 2
+    step = (1 / lipschitz.clamp_min(1e-12))[:, None, None]
+    for _ in range(iterations):
+        residual = b_y @ glimpse @ b_x.transpose(-1, -2) - frames
+        glimpse = (glimpse - step * (b_y.transpose(-1, -2) @ residual @ b_x)).clamp(0, 1)
+    return ((b_y @ glimpse @ b_x.transpose(-1, -2) - frames) ** 2).sum((-1, -2))
+
+
+def single_object_frames(
+    present: np.ndarray, visible: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(sequence, frame, slot, digit)`` indices of the frames with exactly one present
+    object and exactly one visible digit.
+
+    :param present: ``(B, T, N)`` inferred presence; :param visible: ``(B, T, D)``.
+    """
+    frames = (present.sum(-1) == 1) & (visible.sum(-1) == 1)
+    sequence, frame = np.nonzero(frames)
+    return sequence, frame, present[frames].argmax(-1), visible[frames].argmax(-1)
+
+
+def wholly_in_view(boxes: np.ndarray, canvas: tuple[int, int]) -> np.ndarray:
+    """Which pixel boxes ``(..., 4)`` lie inside the canvas without touching its edges."""
+    x, y, w, h = np.moveaxis(boxes, -1, 0)
+    return (x > 0) & (y > 0) & (x + w < canvas[1]) & (y + h < canvas[0]) & (w > 0)
+
+
+def window_statistics(windows: np.ndarray, boxes: np.ndarray) -> dict[str, float]:
+    """Median window width and height over the digit's, and the mean offset of the centres
+    (pixels; positive: right of and below the digit's), of pixel boxes ``(n, 4)``."""
+    centre = lambda b: b[:, :2] + b[:, 2:] / 2  # noqa: E731
+    offset = centre(windows) - centre(boxes)
+    return {
+        "width_ratio_median": float(np.median(windows[:, 2] / boxes[:, 2])),
+        "height_ratio_median": float(np.median(windows[:, 3] / boxes[:, 3])),
+        "centre_offset_mean_px": offset.mean(0).tolist(),
+        "centre_offset_mean_abs_px": np.abs(offset).mean(0).tolist(),
+        "digit_size_mean_px": boxes[:, 2:].mean(0).tolist(),
+        "window_size_mean_px": windows[:, 2:].mean(0).tolist(),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = checkpoint_parser(__file__, __doc__.split("\n\n")[0])
+    parser.set_defaults(data=parser.get_default("data").with_name("test.npz"))
+    parser.add_argument("--sequences", type=positive_int, default=300)
+    parser.add_argument(
+        "--glimpse",
+        type=positive_int,
+        nargs=2,
+        action="append",
+        metavar=("H", "W"),
+        help="glimpse size of a window floor (repeatable; default: the model's)",
+    )
+    parser.add_argument("--iterations", type=positive_int, default=500)
+    args = parse_checked(parser, argv)
+    config, _, _, data, images, model_error, latents = reconstructed_sequences(
+        args, ("boxes", "visible"), "no digits to compare with", VARIANTS["both_at_mean"]
+    )
+    count, frames = images.shape[:2]
+    canvas = tuple(images.shape[-2:])
+    present = latents["z_pres"][..., 0].bool().numpy()
+    visible, true_boxes = data["visible"][:count, :frames], data["boxes"][:count, :frames]
+    seq, frame, slot, digit = single_object_frames(present, visible)
+    if len(seq) == 0:
+        raise ValueError("no frame with one inferred object and one digit in view")
+    windows = where_to_transform(latents["z_where"][seq, frame, slot].double())
+    digit_boxes = true_boxes[seq, frame, digit]
+    inside = wholly_in_view(digit_boxes, canvas)
+    pixels = images[seq, frame]
+    report: dict[str, Any] = {
+        "checkpoint": str(args.checkpoint),
+        "data": str(args.data),
+        "sequences": count,
+        "frames": int(len(seq)),
+        "frames_digit_wholly_in_view": int(inside.sum()),
+        "model": float(model_error[seq, frame].mean()),
+        "model_digit_wholly_in_view": float(model_error[seq, frame][inside].mean()),
+        "window_floor": {},
+    }
+    for size in args.glimpse or [list(config.glimpse_size)]:
+        floor = best_glimpse_error(
+            pixels, *placement_weights(windows, tuple(size), canvas), args.iterations
+        )
+        report["window_floor"]["x".join(map(str, size))] = {
+            "all": float(floor.mean()),
+            "digit_wholly_in_view": float(floor[inside].mean()),
+        }
+    if inside.any():
+        truth = boxes_to_z_where(torch.as_tensor(digit_boxes[inside], dtype=torch.float64), canvas)
+        size = tuple(config.glimpse_size)
+        floor = best_glimpse_error(
+            pixels[inside], *placement_weights(truth, size, canvas), args.iterations
+        )
+        report["true_box_floor"] = float(floor.mean())
+        window_boxes = z_where_to_boxes(windows[inside], canvas).numpy()
+        report["windows"] = window_statistics(window_boxes, digit_boxes[inside])
+    write_report(report, args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(run_script(main))
