@@ -11,7 +11,8 @@ drawn), this script reports the summed squared error per frame of
 - ``window_floor``: the best glimpse of ``--glimpse`` pixels with values in [0, 1] (the
   decoder's range) drawn through the object's window: what the window allows a perfect
   decoder and z_what;
-- ``true_box_floor``: the same through the digit's true tight box (digits wholly in view);
+- ``true_box_floor``: the same through the digit's true tight box (digits wholly in view),
+  at the size the model's decoder draws;
 
 and the windows' width and height over the digit's box, and their centres' offset in pixels.
 ``model`` less ``window_floor`` is the appearance's share (decoder and z_what); the window
@@ -89,7 +90,7 @@ def wholly_in_view(boxes: np.ndarray, canvas: tuple[int, int]) -> np.ndarray:
     return (x > 0) & (y > 0) & (x + w < canvas[1]) & (y + h < canvas[0]) & (w > 0)
 
 
-def window_statistics(windows: np.ndarray, boxes: np.ndarray) -> dict[str, float]:
+def window_statistics(windows: np.ndarray, boxes: np.ndarray) -> dict[str, Any]:
     """Median window width and height over the digit's, and the mean offset of the centres
     (pixels; positive: right of and below the digit's), of pixel boxes ``(n, 4)``."""
     centre = lambda b: b[:, :2] + b[:, 2:] / 2  # noqa: E731
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         nargs=2,
         action="append",
         metavar=("H", "W"),
-        help="glimpse size of a window floor (repeatable; default: the model's)",
+        help="glimpse size of a window floor (repeatable; default: what the decoder draws)",
     )
     parser.add_argument("--iterations", type=positive_int, default=500)
     args = parse_checked(parser, argv)
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         "model_digit_wholly_in_view": float(model_error[seq, frame][inside].mean()),
         "window_floor": {},
     }
-    for size in args.glimpse or [list(config.glimpse_size)]:
+    for size in args.glimpse or [list(config.decoded_glimpse)]:
         floor = best_glimpse_error(
             pixels, *placement_weights(windows, tuple(size), canvas), args.iterations
         )
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         }
     if inside.any():
         truth = boxes_to_z_where(torch.as_tensor(digit_boxes[inside], dtype=torch.float64), canvas)
-        size = tuple(config.glimpse_size)
+        size = tuple(config.decoded_glimpse)
         floor = best_glimpse_error(
             pixels[inside], *placement_weights(truth, size, canvas), args.iterations
         )

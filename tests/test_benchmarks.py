@@ -232,3 +232,25 @@ def test_the_best_glimpse_through_a_window_and_what_lies_outside_it(monkeypatch)
     sequence, frame, slot, digit = floor.single_object_frames(present, visible)
     assert sequence.tolist() == [0, 1] and frame.tolist() == [0, 1]
     assert slot.tolist() == [0, 1] and digit.tolist() == [1, 0]
+
+
+def test_reconstruction_floor_of_the_shipped_air_on_held_out_frames(
+    monkeypatch, tiny_data, tmp_path
+):
+    """A whole run on the shipped MLP-AIR: one-object frames are found, the default floor is
+    at the size its decoder draws (28x28), no floor is negative, and the best glimpse through
+    each window errs no more than the model's own drawing through it (tolerance 1e-6)."""
+    import json
+
+    from sqair_pyro.pretrained import pretrained_path
+
+    floor = benchmark(monkeypatch, "reconstruction_floor")
+    out = tmp_path / "floor.json"
+    floor.main(["--checkpoint", str(pretrained_path("mlp-air")), "--data",
+                str(tiny_data / "test.npz"), "--sequences", "20", "--frames", "3", "--json",
+                str(out)])  # fmt: skip
+    report = json.loads(out.read_text())
+    assert report["frames"] > 0 and list(report["window_floor"]) == ["28x28"]
+    window = report["window_floor"]["28x28"]["all"]
+    assert 0 <= window <= report["model"] + 1e-6
+    assert report["true_box_floor"] >= 0 and report["windows"]["width_ratio_median"] > 0

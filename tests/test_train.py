@@ -738,15 +738,18 @@ def test_presence_exploration_acts_on_training_steps_only(tiny_data, monkeypatch
 
 
 def test_a_warm_start_into_a_finer_decoder_resamples_its_output_layer(tiny_data, tmp_path):
-    """init_from weights whose decoder drew 20x20 glimpses into a 28x28 decoder: every other
-    weight copies as it is, and the new output layer's logits are exactly the trained
+    """init_from weights whose decoder drew 20x20 glimpses into a 28x28 decoder (it warns):
+    every other weight copies as it is, and the new output layer's logits are exactly the trained
     logits resampled bilinearly (``resampling_matrix``) for any z_what; other networks than
     the MLP's refuse the setting."""
     from sqair_pyro.build import build
     from sqair_pyro.nn.spatial_transformer import resampling_matrix
 
     air = train(small_config("mlp-air", num_steps=1), tiny_data, tmp_path, progress=False)
-    trainer = Trainer(small_config("mlp-air", init_from=str(air), decoder_glimpse_size=[28, 28]))
+    with pytest.warns(UserWarning, match="drew 20x20 glimpses, this one draws 28x28"):
+        trainer = Trainer(
+            small_config("mlp-air", init_from=str(air), decoder_glimpse_size=[28, 28])
+        )
     trained = load_checkpoint(air)[1].likelihood.decoder
     finer = trainer.model.likelihood.decoder
     assert finer.glimpse_size == (28, 28) and finer(torch.zeros(1, 8)).shape == (1, 28, 28)

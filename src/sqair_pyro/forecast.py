@@ -44,7 +44,7 @@ from sqair_pyro.data import (
     read_metadata,
     split_file,
 )
-from sqair_pyro.digits import GLIMPSE, NUM_CLASSES, classify
+from sqair_pyro.digits import NUM_CLASSES, classify
 from sqair_pyro.evaluate import predicted_boxes
 from sqair_pyro.predict import imagine, reconstruct
 from sqair_pyro.tracking import box_iou
@@ -186,11 +186,6 @@ def _check_arrays(
     if has["class kept"] and not digits:
         print(
             f"note: {source} has labels beyond the digits 0-9: skipping class kept", file=sys.stderr
-        )
-    if digits and tuple(config.glimpse_size) != (GLIMPSE, GLIMPSE):
-        raise ValueError(
-            f"the digit classifier reads {GLIMPSE}x{GLIMPSE} glimpses; this model's are "
-            f"{config.glimpse_size[0]}x{config.glimpse_size[1]}"
         )
     if not getattr(model, "objects", True):
         raise ValueError(f"forecast metrics score objects; {config.model_name} has none")

@@ -7,6 +7,7 @@ them), so the Pyro programs never reshape by hand.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -122,13 +123,15 @@ class GlimpseDecoderMLP(nn.Module):
         decoded glimpse")."""
         last = len(self.net) - 1
         weight, bias = f"{prefix}net.{last}.weight", f"{prefix}net.{last}.bias"
-        if weight not in state or tuple(trained) == tuple(self.glimpse_size):
+        if tuple(trained) == tuple(self.glimpse_size) or weight not in state or bias not in state:
             return
-        if state[weight].shape[0] != math.prod(trained):
-            raise ValueError(
-                f"{weight} has {state[weight].shape[0]} rows, "
-                f"not a {trained[0]}x{trained[1]} glimpse"
-            )
+        if state[weight].dim() != 2 or state[weight].shape[0] != math.prod(trained):
+            return  # not a decoder of such glimpses: the warm start skips what does not fit
+        warnings.warn(
+            f"the checkpoint's decoder drew {trained[0]}x{trained[1]} glimpses, this one draws "
+            f"{self.glimpse_size[0]}x{self.glimpse_size[1]}: its output layer is resampled",
+            stacklevel=2,
+        )
         resample = resampling_matrix(tuple(trained), self.glimpse_size).to(state[weight])
         state[weight] = resample @ state[weight]
         state[bias] = resample @ state[bias]
