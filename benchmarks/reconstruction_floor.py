@@ -36,6 +36,7 @@ from gradient_terms import (
     run_script,
     write_report,
 )
+from lost_digits import touches_edge
 from posterior_means import VARIANTS, reconstructed_sequences
 
 from sqair_pyro.cli import positive_int
@@ -84,12 +85,6 @@ def single_object_frames(
     return sequence, frame, present[frames].argmax(-1), visible[frames].argmax(-1)
 
 
-def wholly_in_view(boxes: np.ndarray, canvas: tuple[int, int]) -> np.ndarray:
-    """Which pixel boxes ``(..., 4)`` lie inside the canvas without touching its edges."""
-    x, y, w, h = np.moveaxis(boxes, -1, 0)
-    return (x > 0) & (y > 0) & (x + w < canvas[1]) & (y + h < canvas[0]) & (w > 0)
-
-
 def window_statistics(windows: np.ndarray, boxes: np.ndarray) -> dict[str, Any]:
     """Median window width and height over the digit's, and the mean offset of the centres
     (pixels; positive: right of and below the digit's), of pixel boxes ``(n, 4)``."""
@@ -131,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         raise ValueError("no frame with one inferred object and one digit in view")
     windows = where_to_transform(latents["z_where"][seq, frame, slot].double())
     digit_boxes = true_boxes[seq, frame, digit]
-    inside = wholly_in_view(digit_boxes, canvas)
+    inside = ~touches_edge(digit_boxes, np.True_, canvas)  # visible digits wholly in view
     pixels = images[seq, frame]
     report: dict[str, Any] = {
         "checkpoint": str(args.checkpoint),

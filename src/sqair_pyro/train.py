@@ -208,13 +208,11 @@ def warm_start(
                     f"this run has {getattr(config, name)!r} (--set {name}=... to match)",
                     stacklevel=2,
                 )
-    if trained is not None:  # a decoder of another glimpse size starts as the trained one
-        for prefix, module in (("model", model), ("guide", guide)):
-            for name, sub in module.named_modules():
-                if hasattr(sub, "resample_state"):
-                    sub.resample_state(payload[prefix], f"{name}.", trained.decoded_glimpse)
     copied = []
     for prefix, module in (("model", model), ("guide", guide)):
+        for name, sub in module.named_modules():  # a decoder of another glimpse size
+            if trained is not None and hasattr(sub, "resample_state"):
+                sub.resample_state(payload[prefix], f"{name}.", trained.decoded_glimpse)
         own = module.state_dict()
         for name, value in payload[prefix].items():
             target = own.get(name)
