@@ -13,6 +13,11 @@ drawn), this script reports the summed squared error per frame of
   decoder and z_what;
 - ``true_box_floor``: the same through the digit's true tight box (digits wholly in view),
   at the size the model's decoder draws;
+- ``decoder_floor``: the model's own decoder through the same window, from the best z_what
+  for it (the maximum a posteriori z_what under the likelihood and the discovery prior
+  ``N(0, I)``, found by Adam from the guide's mean): what the decoder allows a perfect
+  encoder; ``model`` less ``decoder_floor`` is the encoder's share (the amortisation gap at
+  the means), ``decoder_floor`` less ``window_floor`` the decoder's;
 
 and the windows' width and height over the digit's box, and their centres' offset in pixels.
 ``model`` less ``window_floor`` is the appearance's share (decoder and z_what); the window
@@ -26,6 +31,7 @@ floor at a larger ``--glimpse`` is what a finer glimpse would allow through the 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -72,6 +78,42 @@ def best_glimpse_error(
     return ((b_y @ glimpse @ b_x.transpose(-1, -2) - frames) ** 2).sum((-1, -2))
 
 
+def best_what_error(
+    decoder: Callable[[torch.Tensor], torch.Tensor],
+    z_what: torch.Tensor,
+    frames: torch.Tensor,
+    b_y: torch.Tensor,
+    b_x: torch.Tensor,
+    obs_sd: float,
+    iterations: int = 500,
+    lr: float = 0.05,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The squared error of ``B_y f^dec(z) B_x^T`` at the z_what ``z`` of largest
+    ``log N(frame; B_y f^dec(z) B_x^T, obs_sd) + log N(z; 0, I)`` (Alg. 1's likelihood of one
+    object, the discovery prior of Eq. 7), per frame, and the norm of that ``z``.
+
+    Adam on ``z`` alone (the decoder's weights are not changed), from ``z_what``.
+
+    :param z_what: ``(n, d)`` starting points; :param frames: ``(n, H, W)``;
+        :param b_y: ``(n, H, h)``; :param b_x: ``(n, W, w)``.
+    :returns: ``(errors, norms)``, each ``(n,)``.
+    """
+
+    def error(z: torch.Tensor) -> torch.Tensor:
+        drawn = b_y @ decoder(z).to(b_y.dtype) @ b_x.transpose(-1, -2)
+        return ((drawn - frames) ** 2).sum((-1, -2))
+
+    z = z_what.detach().clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([z], lr=lr)
+    for _ in range(iterations):
+        optimiser.zero_grad()
+        # every frame's own objective: their sum has each frame's gradient
+        (error(z) / (2 * obs_sd**2) + 0.5 * (z**2).sum(-1)).sum().backward()
+        optimiser.step()
+    with torch.no_grad():
+        return error(z), z.norm(dim=-1)
+
+
 def single_object_frames(
     present: np.ndarray, visible: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -113,8 +155,14 @@ def main(argv: list[str] | None = None) -> None:
         help="glimpse size of a window floor (repeatable; default: what the decoder draws)",
     )
     parser.add_argument("--iterations", type=positive_int, default=500)
+    parser.add_argument(
+        "--what-iterations",
+        type=positive_int,
+        default=400,
+        help="Adam steps of the decoder floor's z_what search",
+    )
     args = parse_checked(parser, argv)
-    config, _, _, data, images, model_error, latents = reconstructed_sequences(
+    config, model, _, data, images, model_error, latents = reconstructed_sequences(
         args, ("boxes", "visible"), "no digits to compare with", VARIANTS["both_at_mean"]
     )
     count, frames = images.shape[:2]
@@ -146,6 +194,18 @@ def main(argv: list[str] | None = None) -> None:
             "all": float(floor.mean()),
             "digit_wholly_in_view": float(floor[inside].mean()),
         }
+    z_what = latents["z_what"][seq, frame, slot]
+    b_y, b_x = placement_weights(windows.float(), tuple(config.decoded_glimpse), canvas)
+    decoder = model.likelihood.decoder.requires_grad_(False)
+    errors, norms = best_what_error(
+        decoder, z_what, pixels, b_y, b_x, config.obs_sd, args.what_iterations
+    )
+    report["decoder_floor"] = {
+        "all": float(errors.mean()),
+        "digit_wholly_in_view": float(errors[inside].mean()),
+        "z_what_norm": float(norms.mean()),
+        "model_z_what_norm": float(z_what.norm(dim=-1).mean()),
+    }
     if inside.any():
         truth = boxes_to_z_where(torch.as_tensor(digit_boxes[inside], dtype=torch.float64), canvas)
         size = tuple(config.decoded_glimpse)

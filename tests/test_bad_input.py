@@ -271,6 +271,11 @@ BENCHMARK_CASES = [
      "no digits to compare with", 1),
     ("reconstruction_floor --glimpse 0 20", "reconstruction_floor", lambda p: ["--glimpse", "0",
      "20"], "must be a positive integer", 2),
+    ("appearance_drift of an AIR", "appearance_drift", lambda p: ["--checkpoint",
+     str(p["ckpt"]), "--data", str(p["test"])], "not a SQAIR checkpoint", 1),
+    ("appearance_drift of frames without boxes", "appearance_drift", lambda p: [
+     "--checkpoint", str(p["ckpt"]), "--data", str(p["frames_only.npz"])],
+     "no digits to follow", 1),
     ("particle_spread --particles 0", "particle_spread", lambda p: ["--particles", "0"],
      "must be a positive integer", 2),
     ("precision checkpoint without data", "precision", lambda p: ["--checkpoint",

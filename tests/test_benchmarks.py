@@ -234,6 +234,42 @@ def test_the_best_glimpse_through_a_window_and_what_lies_outside_it(monkeypatch)
     assert slot.tolist() == [0, 1] and digit.tolist() == [1, 0]
 
 
+def test_the_best_z_what_for_a_fixed_decoder(monkeypatch):
+    """``best_what_error``: frames a small decoder draws from z_what of norm 0.5 through
+    their windows are drawn back from z = 0 to within 1e-3 squared (the N(0, I) pull on a
+    z that small is weaker than the likelihood's at obs_sd 0.05) and the decoder's weights are
+    left as they were; a start already at the optimum stays there."""
+    import torch
+
+    from sqair_pyro.nn.spatial_transformer import placement_weights
+
+    floor = benchmark(monkeypatch, "reconstruction_floor")
+    torch.manual_seed(0)
+    decoder = torch.nn.Sequential(torch.nn.Linear(4, 36), torch.nn.Sigmoid(),
+                                  torch.nn.Unflatten(-1, (6, 6)))  # fmt: skip
+    decoder.requires_grad_(False)
+    before = [p.clone() for p in decoder.parameters()]
+    z_true = torch.nn.functional.normalize(torch.randn(3, 4), dim=-1) * 0.5
+    z_where = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.4, 0.6, 0.2, -0.1], [0.7, 0.5, -0.2, 0.1]])
+    b_y, b_x = placement_weights(z_where, (6, 6), (12, 12))
+    frames = b_y @ decoder(z_true) @ b_x.transpose(-1, -2)
+    errors, norms = floor.best_what_error(decoder, torch.zeros(3, 4), frames, b_y, b_x, 0.05,
+                                          iterations=2000, lr=0.02)  # fmt: skip
+    assert errors.max() < 1e-3 and norms == pytest.approx(torch.full((3,), 0.5), abs=0.1)
+    assert all(torch.equal(a, b) for a, b in zip(before, decoder.parameters(), strict=True))
+    blank = torch.zeros(1, 12, 12)
+    errors, norms = floor.best_what_error(
+        lambda z: torch.zeros(*z.shape[:-1], 6, 6) + 0 * z.sum(),
+        torch.zeros(1, 4),
+        blank,
+        b_y[:1],
+        b_x[:1],
+        0.3,
+        iterations=10,
+    )
+    assert errors.item() == 0 and norms.item() == 0
+
+
 def test_reconstruction_floor_of_the_shipped_air_on_held_out_frames(
     monkeypatch, tiny_data, tmp_path
 ):
@@ -254,3 +290,61 @@ def test_reconstruction_floor_of_the_shipped_air_on_held_out_frames(
     window = report["window_floor"]["28x28"]["all"]
     assert 0 <= window <= report["model"] + 1e-6
     assert report["true_box_floor"] >= 0 and report["windows"]["width_ratio_median"] > 0
+    # the decoder's glimpses lie in (0, 1): none draws better than the best such glimpse
+    assert report["decoder_floor"]["all"] >= window - 1e-4
+    assert report["decoder_floor"]["z_what_norm"] > 0
+
+
+def test_appearance_drift_arithmetic(monkeypatch):
+    """``followed_digits``: frames where one object follows one digit in the same slot, with
+    the first frame of each run; ``pose_in_window``: a digit 10 px wide, 2 px right of the
+    centre of a 20 px window, sits at +0.1 and covers 0.5 of it; ``explained_share`` of an
+    affine function is 1 and of noise near 0 (tolerance 0.05 at 2,000 rows); the decoder's
+    sensitivity to a dimension of a linear decoder is ``0.3^2 |w_d|^2`` exactly."""
+    import torch
+
+    drift = benchmark(monkeypatch, "appearance_drift")
+    present = np.zeros((2, 5, 2), dtype=bool)
+    present[0, :, 0] = True  # slot 0 throughout
+    present[1, :2, 1] = True
+    present[1, 2:, 0] = True  # slot changes at frame 2
+    visible = np.zeros((2, 5, 2), dtype=bool)
+    visible[0, :, 1] = True
+    visible[0, 2, 0] = True  # two digits in frame 2 break the run
+    visible[1, :, 0] = True
+    assert drift.followed_digits(present, visible) == [
+        (0, 1, 0, 1, 0), (0, 4, 0, 1, 3), (1, 1, 1, 0, 0), (1, 3, 0, 0, 2), (1, 4, 0, 0, 2)
+    ]  # fmt: skip
+    windows = np.array([[0.0, 0.0, 20.0, 20.0]])
+    boxes = np.array([[7.0, 5.0, 10.0, 10.0]])
+    np.testing.assert_allclose(drift.pose_in_window(windows, boxes), [[0.1, 0.0, 0.5, 0.5]])
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 3))
+    assert drift.explained_share(x, x @ rng.normal(size=(3, 2)) + 1.0) == pytest.approx(1.0)
+    assert abs(drift.explained_share(x, rng.normal(size=(2000, 2)))) < 0.05
+    weights = torch.tensor([[1.0, 2.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.5, 0.5, 0.5, 0.5]])
+    sensitivity = drift.decoder_sensitivity(lambda z: (z @ weights).unflatten(-1, (2, 2)), 3)
+    np.testing.assert_allclose(sensitivity, [0.09 * 5, 0.0, 0.09 * 1], rtol=1e-5)
+
+
+def test_appearance_drift_of_the_shipped_sqair(monkeypatch, tiny_data, tmp_path):
+    """A whole run on the shipped MLP-SQAIR: the propagated objects' KL is the sum of its
+    dimensions', none negative, the used dimensions' share no more than the whole; scales
+    positive; followed frames found, with every error non-negative."""
+    import json
+
+    from sqair_pyro.pretrained import pretrained_path
+
+    drift = benchmark(monkeypatch, "appearance_drift")
+    out = tmp_path / "drift.json"
+    drift.main(["--checkpoint", str(pretrained_path("mlp-sqair")), "--data",
+                str(tiny_data / "test.npz"), "--sequences", "20", "--frames", "4", "--json",
+                str(out)])  # fmt: skip
+    report = json.loads(out.read_text())
+    kl = np.array(report["per_dimension"]["kl_per_sequence"])
+    assert (kl >= -1e-6).all() and report["kl_prop_per_sequence"] == pytest.approx(kl.sum())
+    assert report["kl_prop_per_sequence_used"] <= report["kl_prop_per_sequence"] + 1e-9
+    assert report["posterior_scale"] > 0 and report["prior_scale"] > 0
+    followed = report["followed_frames"]
+    assert followed["frames"] > 0
+    assert min(followed["squared_error_with_z_what_of"].values()) >= 0
