@@ -33,12 +33,14 @@ from typing import Any
 import numpy as np
 import torch
 from gradient_terms import checkpoint_parser, parse_checked, run_script, write_report
+from lost_digits import touches_edge
 from posterior_means import VARIANTS, AtPosteriorMean, reconstructed_sequences
 from pyro import poutine
 from torch.distributions import Normal, kl_divergence
 
 from sqair_pyro.cli import positive_int
 from sqair_pyro.nn.spatial_transformer import (
+    aligned_shift,
     placement_weights,
     where_to_transform,
     z_where_to_boxes,
@@ -158,6 +160,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--used", type=float, default=0.01, help="decoder sensitivity of a used dimension"
     )
+    parser.add_argument(
+        "--align-steps", type=positive_int, default=3, help="Gauss-Newton steps of the alignment"
+    )
     args = parse_checked(parser, argv)
     means = VARIANTS["both_at_mean"]
     config, model, guide, data, images, _, latents = reconstructed_sequences(
@@ -193,29 +198,51 @@ def main(argv: list[str] | None = None) -> None:
     if pairs:
         b, t, k, d, first = (np.array(column) for column in zip(*pairs, strict=True))
         canvas = tuple(images.shape[-2:])
+        size = tuple(config.decoded_glimpse)
         windows = where_to_transform(latents["z_where"][b, t, k])
-        b_y, b_x = placement_weights(windows, tuple(config.decoded_glimpse), canvas)
         what = latents["z_what"]
+
+        def error(drawn_through: torch.Tensor, glimpses: torch.Tensor) -> float:
+            b_y, b_x = placement_weights(drawn_through, size, canvas)
+            drawn = b_y @ glimpses @ b_x.transpose(-1, -2)
+            return float(((drawn - images[b, t]) ** 2).sum((-1, -2)).mean())
+
         with torch.no_grad():
+            glimpses = {"own": t, "previous": t - 1, "first_of_run": first}
             errors = {
-                name: float(
-                    ((b_y @ decoder(what[b, tt, k]) @ b_x.transpose(-1, -2) - images[b, t]) ** 2)
-                    .sum((-1, -2))
-                    .mean()
-                )  # fmt: skip
-                for name, tt in (("own", t), ("previous", t - 1), ("first_of_run", first))
+                name: error(windows, decoder(what[b, tt, k])) for name, tt in glimpses.items()
             }
+            template = decoder(what[b, t - 1, k])
+            shift = aligned_shift(windows, template, images[b, t], args.align_steps)
+            aligned = torch.cat([windows[:, :2], shift], -1)
+            errors["previous_aligned"] = error(aligned, template)
         boxes = data["boxes"][:count, :frames]
-        pose = [pose_in_window(z_where_to_boxes(where_to_transform(latents["z_where"][b, tt, k]),
-                                                canvas).numpy(), boxes[b, tt, d])
-                for tt in (t, t - 1)]  # fmt: skip
+        window_boxes = [
+            z_where_to_boxes(where_to_transform(latents["z_where"][b, tt, k]), canvas).numpy()
+            for tt in (t, t - 1)
+        ]
+        digit_boxes = [boxes[b, t, d], boxes[b, t - 1, d]]
+        pose = [pose_in_window(w, box) for w, box in zip(window_boxes, digit_boxes, strict=True)]
         change = (what[b, t, k] - what[b, t - 1, k]).numpy()[:, used]
+        inside = ~(touches_edge(digit_boxes[0], np.True_, canvas)
+                   | touches_edge(digit_boxes[1], np.True_, canvas))  # fmt: skip
+        centre = lambda x: x[:, :2] + x[:, 2:] / 2  # noqa: E731
+        offsets = [
+            centre(w) - centre(box) for w, box in zip(window_boxes, digit_boxes, strict=True)
+        ]
         report["followed_frames"] = {
             "frames": len(pairs),
             "squared_error_with_z_what_of": errors,
             "pose_change_rms": np.sqrt(((pose[0] - pose[1]) ** 2).mean(0)).tolist(),
             "z_what_change_rms_used": float(np.sqrt((change**2).mean())),
             "z_what_change_explained_by_pose": explained_share(pose[0] - pose[1], change),
+            "frames_digit_wholly_in_view": int(inside.sum()),
+            "window_centre_wobble_px": np.sqrt(
+                ((offsets[0] - offsets[1])[inside] ** 2).mean(0)
+            ).tolist(),
+            "window_log_size_change_rms": np.sqrt(
+                (np.log(window_boxes[0][inside, 2:] / window_boxes[1][inside, 2:]) ** 2).mean(0)
+            ).tolist(),
         }
     write_report(report, args.json)
 

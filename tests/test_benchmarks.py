@@ -348,3 +348,5 @@ def test_appearance_drift_of_the_shipped_sqair(monkeypatch, tiny_data, tmp_path)
     followed = report["followed_frames"]
     assert followed["frames"] > 0
     assert min(followed["squared_error_with_z_what_of"].values()) >= 0
+    assert len(followed["squared_error_with_z_what_of"]) == 4
+    assert 0 <= followed["frames_digit_wholly_in_view"] <= followed["frames"]

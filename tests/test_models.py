@@ -441,6 +441,37 @@ def test_the_guides_read_what_the_objects_before_leave_when_asked(name, option, 
         build(preset("mlp-vrnn", **{option: True}))
 
 
+def test_propagation_aligns_each_window_on_the_previous_appearance():
+    """``propagation_aligns_window``: the propagated windows' posterior means move (their
+    shift only, not their scale) where the guide without it would put them, the where head
+    still learns (its gradient as without), discovery is untouched; it needs the decoder
+    that ``propagation_reads_residual`` borrows, SQAIR, and a count >= 0."""
+    config = preset("mlp-sqair", hidden=32, z_what_dim=8, init_from=None,
+                    propagation_reads_residual=True, discovery_pres_bias=4.0)  # fmt: skip
+    images = torch.rand(4, 3, 50, 50)
+    traces = {}
+    for steps in (0, 2):
+        torch.manual_seed(0)
+        model, guide = build(config.replace(propagation_aligns_window=steps))
+        pyro.set_rng_seed(0)
+        trace = pyro.poutine.trace(guide).get_trace(images)
+        where = trace.nodes["z_where_prop_1_0"]["fn"].base_dist.base_dist.loc
+        where.sum().backward()
+        traces[steps] = (trace, where, guide.propagation.where_head.net[-1].bias.grad)
+    (plain, plain_loc, plain_grad), (aligned, aligned_loc, aligned_grad) = traces[0], traces[2]
+    torch.testing.assert_close(plain.nodes["z_where_disc_0_0"]["value"],
+                               aligned.nodes["z_where_disc_0_0"]["value"])  # fmt: skip
+    torch.testing.assert_close(plain_loc[..., :2], aligned_loc[..., :2])
+    assert not torch.allclose(plain_loc[..., 2:], aligned_loc[..., 2:])
+    torch.testing.assert_close(plain_grad, aligned_grad)
+    with pytest.raises(ValueError, match="needs propagation_reads_residual"):
+        build(config.replace(propagation_reads_residual=False, propagation_aligns_window=1))
+    with pytest.raises(ValueError, match="needs SQAIR"):
+        build(preset("mlp-air", propagation_aligns_window=1, init_from=None))
+    with pytest.raises(ValueError, match="propagation_aligns_window must be >= 0"):
+        config.replace(propagation_aligns_window=-1)
+
+
 def test_sqair_discovery_reads_the_difference_from_the_propagated_objects(monkeypatch):
     """With ``discovery_reads_difference`` SQAIR's discovery after the first frame starts from
     Alg. 1's canvas of the frame's propagated objects, in the first frame from nothing; the

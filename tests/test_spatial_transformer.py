@@ -174,3 +174,33 @@ def test_placement_weights_are_the_two_factors_of_place():
     torch.testing.assert_close(
         b_y @ glimpses @ b_x.transpose(-1, -2), place(glimpses, z_where, (30, 40))
     )
+
+
+def _blob(n: int) -> torch.Tensor:
+    """``n`` smooth 20x20 glimpses: a Gaussian blob of sd 3 px in the middle."""
+    yy, xx = torch.meshgrid(torch.arange(20.0), torch.arange(20.0), indexing="ij")
+    return torch.exp(-((yy - 9.5) ** 2 + (xx - 9.5) ** 2) / 18).expand(n, 20, 20)
+
+
+def test_aligned_shift_finds_where_a_glimpse_was_drawn():
+    """Gauss-Newton from 0.5-1.5 px off (1 px = 0.04 on a 50 px canvas) finds the shift a
+    smooth glimpse was drawn at within 1e-4 px in 3 steps, 0 steps keep the start; a
+    glimpse 5 px off moves at most ``max_step_px`` per step; a blank glimpse (nothing to
+    align) and a window already in place stay where they are."""
+    from sqair_pyro.nn.spatial_transformer import aligned_shift
+
+    true = torch.tensor([[0.4, 0.4, 0.1, -0.2], [0.3, 0.5, -0.3, 0.3], [0.5, 0.4, 0.0, 0.0]])
+    image = place(_blob(3), true, (50, 50))
+    start = true.clone()
+    start[:, 2:] += torch.tensor([[0.05, -0.03], [-0.04, 0.06], [0.03, 0.02]])
+    torch.testing.assert_close(aligned_shift(start, _blob(3), image, 0), start[:, 2:])
+    torch.testing.assert_close(aligned_shift(start, _blob(3), image, 3), true[:, 2:],
+                               atol=4e-6, rtol=0)  # fmt: skip
+    far = true.clone()
+    far[:, 2] += 0.2  # 5 px
+    moved = aligned_shift(far, _blob(3), image, 1, max_step_px=2.0) - far[:, 2:]
+    assert moved[:, 0].abs().max() <= 0.08 + 1e-6 and (moved[:, 0] < 0).all()
+    blank = torch.zeros(3, 20, 20)
+    torch.testing.assert_close(aligned_shift(start, blank, image, 2), start[:, 2:])
+    torch.testing.assert_close(aligned_shift(true, _blob(3), image, 2), true[:, 2:],
+                               atol=1e-6, rtol=0)  # fmt: skip

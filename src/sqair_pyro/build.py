@@ -186,6 +186,7 @@ SQAIR_GUIDE_OPTIONS = (
     "discovery_steps_over_propagated",
     "discovery_masks_propagated",
     "propagation_reads_residual",
+    "propagation_aligns_window",
 )
 #: The guide options of the object models, AIR's and SQAIR's.
 OBJECT_GUIDE_OPTIONS = ("discovery_reads_difference", *SQAIR_GUIDE_OPTIONS)
@@ -277,6 +278,7 @@ def sqair_guide(
         step_over_propagated=config.discovery_steps_over_propagated,
         mask_propagated=config.discovery_masks_propagated,
         decoder=borrowed_decoder(config, "propagation_reads_residual", decoder),
+        align_steps=config.propagation_aligns_window,
     )
 
 

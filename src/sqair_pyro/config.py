@@ -116,6 +116,10 @@ class Config:
     # SQAIR's propagation reads each object's glimpses from the frame less what the objects
     # propagated before it draw (guides/sqair.py, residual): a departure from the paper.
     propagation_reads_residual: bool = False
+    # Gauss-Newton steps that move each propagated window onto its object's previous
+    # appearance (guides/sqair.py, SQAIRGuide.aligned; needs propagation_reads_residual,
+    # through which the guide holds the decoder): a departure from the paper; 0: off.
+    propagation_aligns_window: int = 0
     # Discovery's RNN reads, at each step after the first, the encoding of the frame less
     # what the objects found so far draw (DAIR, Eslami et al. 2016; guides/air.py).
     discovery_reads_difference: bool = False
@@ -215,6 +219,7 @@ class Config:
             ("lr_multipliers", all(v >= 0 for v in self.lr_multipliers.values()), ">= 0 each"),
             ("kl_weights", all(v > 0 for v in self.kl_weights.values()), "> 0 each"),
             ("kl_anneal_steps", self.kl_anneal_steps >= 0, ">= 0"),
+            ("propagation_aligns_window", self.propagation_aligns_window >= 0, ">= 0"),
             ("presence_exploration", exploration_problem is None, exploration_problem),
             ("baseline_lr", self.baseline_lr > 0, "> 0"),
             (
@@ -302,6 +307,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "discovery_steps_over_propagated",
         "discovery_masks_propagated",
         "propagation_reads_residual",
+        "propagation_aligns_window",
         "discovery_reads_difference",
         "what_scale_offset",
     ),

@@ -17,6 +17,7 @@ extraction uses ``grid_sample`` (faster in that direction) on a grid built per a
 - :func:`place`    ``y = ST^{-1}(g, z_where)``: draw a glimpse onto a canvas (the inverse);
   :func:`placement_weights` its two matrices; :func:`resampling_matrix` a glimpse at another
   resolution.
+- :func:`aligned_shift`: the shift that best draws a glimpse over an image (Gauss-Newton).
 - :func:`where_to_transform`: the latent (unconstrained) z_where to ``(s_x, s_y, t_x, t_y)``.
 - :func:`z_where_to_boxes` / :func:`boxes_to_z_where`: the one place that converts between
   ``z_where`` and pixel boxes ``(x, y, width, height)``.
@@ -103,6 +104,50 @@ def placement_weights(
     vs = (_pixel_centres(height, z_where) - ty.unsqueeze(-1)) / sy.unsqueeze(-1)  # (*batch, H)
     us = (_pixel_centres(width, z_where) - tx.unsqueeze(-1)) / sx.unsqueeze(-1)  # (*batch, W)
     return _hat_weights(vs, glimpse_size[0]), _hat_weights(us, glimpse_size[1])
+
+
+def aligned_shift(
+    z_where: torch.Tensor,
+    glimpse: torch.Tensor,
+    image: torch.Tensor,
+    steps: int,
+    max_step_px: float = 2.0,
+    damping: float = 1e-4,
+) -> torch.Tensor:
+    """The shift ``t`` that best draws ``glimpse`` over ``image`` through the window of
+    ``z_where`` (its scale kept), from ``steps`` Gauss-Newton steps (Lucas and Kanade 1981)
+    on ``min_t ||B_y(t_y) g B_x(t_x)^T - x||^2`` from ``z_where``'s own shift.
+
+    Each step solves the 2x2 normal equations ``(J^T J + damping I) dt = -J^T r`` with the
+    Jacobian ``J`` of the drawing in each shift by finite differences of the separable
+    weights (exact, the weights being piecewise linear, away from their kinks), and moves
+    each shift by at most ``max_step_px`` pixels. No gradient flows through it.
+
+    :param z_where: ``(*batch, 4)`` as ``(s_x, s_y, t_x, t_y)``;
+        :param glimpse: ``(*batch, h, w)``; :param image: ``(*batch, H, W)``.
+    :returns: the shift ``(*batch, 2)``.
+    """
+    height, width = image.shape[-2:]
+    size = tuple(glimpse.shape[-2:])
+    limit = torch.tensor([2 * max_step_px / width, 2 * max_step_px / height], dtype=image.dtype)
+    eps = 1e-3 * limit
+    with torch.no_grad():
+        shift = z_where[..., 2:].clone()
+        for _ in range(steps):
+            where = torch.cat([z_where[..., :2], shift], -1)
+            b_y, b_x = placement_weights(where, size, (height, width))
+            moved_y, moved_x = placement_weights(where + torch.cat([0 * eps, eps]), size,
+                                                 (height, width))  # fmt: skip
+            drawn_x = glimpse @ b_x.transpose(-1, -2)  # (*batch, h, W)
+            residual = b_y @ drawn_x - image
+            jac_x = b_y @ glimpse @ ((moved_x - b_x) / eps[0]).transpose(-1, -2)
+            jac_y = ((moved_y - b_y) / eps[1]) @ drawn_x
+            jac = torch.stack([jac_x.flatten(-2), jac_y.flatten(-2)], -1)  # (*batch, P, 2)
+            normal = jac.transpose(-1, -2) @ jac + damping * torch.eye(2, dtype=image.dtype)
+            gradient = jac.transpose(-1, -2) @ residual.flatten(-2).unsqueeze(-1)
+            step = -torch.linalg.solve(normal, gradient).squeeze(-1)
+            shift = shift + torch.maximum(torch.minimum(step, limit), -limit)
+    return shift
 
 
 def resampling_matrix(old: tuple[int, int], new: tuple[int, int]) -> torch.Tensor:
