@@ -13,6 +13,20 @@ def benchmark(monkeypatch, name: str):
     return importlib.import_module(name)
 
 
+def report_on_shipped(monkeypatch, script: str, model: str, data, out, frames: int) -> dict:
+    """The JSON report of benchmark ``script`` on the shipped ``model``, the first 20
+    sequences of ``data``/test.npz and their first ``frames`` frames, written to ``out``."""
+    import json
+
+    from sqair_pyro.pretrained import pretrained_path
+
+    benchmark(monkeypatch, script).main([
+        "--checkpoint", str(pretrained_path(model)), "--data", str(data / "test.npz"),
+        "--sequences", "20", "--frames", str(frames), "--json", str(out),
+    ])  # fmt: skip
+    return json.loads(out.read_text())
+
+
 @pytest.fixture
 def miscounts(monkeypatch):
     return benchmark(monkeypatch, "miscounts")
@@ -276,16 +290,9 @@ def test_reconstruction_floor_of_the_shipped_air_on_held_out_frames(
     """A whole run on the shipped MLP-AIR: one-object frames are found, the default floor is
     at the size its decoder draws (28x28), no floor is negative, and the best glimpse through
     each window errs no more than the model's own drawing through it (tolerance 1e-6)."""
-    import json
-
-    from sqair_pyro.pretrained import pretrained_path
-
-    floor = benchmark(monkeypatch, "reconstruction_floor")
-    out = tmp_path / "floor.json"
-    floor.main(["--checkpoint", str(pretrained_path("mlp-air")), "--data",
-                str(tiny_data / "test.npz"), "--sequences", "20", "--frames", "3", "--json",
-                str(out)])  # fmt: skip
-    report = json.loads(out.read_text())
+    report = report_on_shipped(
+        monkeypatch, "reconstruction_floor", "mlp-air", tiny_data, tmp_path / "floor.json", 3
+    )
     assert report["frames"] > 0 and list(report["window_floor"]) == ["28x28"]
     window = report["window_floor"]["28x28"]["all"]
     assert 0 <= window <= report["model"] + 1e-6
@@ -331,16 +338,9 @@ def test_appearance_drift_of_the_shipped_sqair(monkeypatch, tiny_data, tmp_path)
     """A whole run on the shipped MLP-SQAIR: the propagated objects' KL is the sum of its
     dimensions', none negative, the used dimensions' share no more than the whole; scales
     positive; followed frames found, with every error non-negative."""
-    import json
-
-    from sqair_pyro.pretrained import pretrained_path
-
-    drift = benchmark(monkeypatch, "appearance_drift")
-    out = tmp_path / "drift.json"
-    drift.main(["--checkpoint", str(pretrained_path("mlp-sqair")), "--data",
-                str(tiny_data / "test.npz"), "--sequences", "20", "--frames", "4", "--json",
-                str(out)])  # fmt: skip
-    report = json.loads(out.read_text())
+    report = report_on_shipped(
+        monkeypatch, "appearance_drift", "mlp-sqair", tiny_data, tmp_path / "drift.json", 4
+    )
     kl = np.array(report["per_dimension"]["kl_per_sequence"])
     assert (kl >= -1e-6).all() and report["kl_prop_per_sequence"] == pytest.approx(kl.sum())
     assert report["kl_prop_per_sequence_used"] <= report["kl_prop_per_sequence"] + 1e-9
