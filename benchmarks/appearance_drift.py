@@ -9,9 +9,9 @@ script reports:
 - per dimension of z_what, over the propagated objects present (one guide draw, or the
   posterior means with ``--latents mean``): the analytic KL ``KL(q || p)`` per sequence, the
   posterior and prior scales, and the root mean square of ``loc_q - loc_p`` (*drift*); and the
-  decoder's sensitivity to each dimension (mean squared change of its glimpse when a
-  dimension of ``z ~ N(0, 0.7^2 I)`` moves by 0.3), which sorts the dimensions it uses
-  (sensitivity above ``--used``) from the rest;
+  decoder's sensitivity to each dimension (the squared change of its glimpse, summed over
+  pixels and averaged over ``z ~ N(0, 0.7^2 I)``, when a dimension moves by 0.3), which sorts
+  the dimensions it uses (sensitivity above ``--used``) from the rest;
 - on consecutive frames where one object follows one visible digit in the same slot (latents
   at the means): the squared error of the frame drawn through the object's window with its own
   z_what, with the previous frame's, and with that of the first frame of its run: how much of
@@ -41,7 +41,7 @@ from torch.distributions import Normal, kl_divergence
 from sqair_pyro.cli import positive_int
 from sqair_pyro.nn.spatial_transformer import (
     aligned_shift,
-    placement_weights,
+    place,
     where_to_transform,
     z_where_to_boxes,
 )
@@ -87,6 +87,8 @@ def propagated_what(
         objects += float(present.sum())
     if not sums:
         raise ValueError("not a SQAIR checkpoint: no propagated objects")
+    if objects == 0:
+        raise ValueError("no object is propagated in these sequences: nothing drifts")
     count = len(images)
     return {
         "objects_per_sequence": objects / count,
@@ -98,8 +100,9 @@ def propagated_what(
 
 
 def decoder_sensitivity(decoder: Callable, z_what_dim: int, draws: int = 2000) -> np.ndarray:
-    """Mean squared change of the decoded glimpse when one dimension of ``z ~ N(0,
-    PROBE_SD^2 I)`` moves by ``PROBE_STEP``, per dimension (fixed seed)."""
+    """The squared change of the decoded glimpse (summed over its pixels, averaged over
+    ``draws`` of ``z ~ N(0, PROBE_SD^2 I)``, fixed seed) when one dimension of ``z`` moves by
+    ``PROBE_STEP``, per dimension."""
     generator = torch.Generator().manual_seed(0)
     z = torch.randn(draws, z_what_dim, generator=generator) * PROBE_SD
     with torch.no_grad():
@@ -131,10 +134,14 @@ def followed_digits(
     return pairs
 
 
+def centre(boxes: np.ndarray) -> np.ndarray:
+    """The centres ``(n, 2)`` of pixel boxes ``(n, 4)``."""
+    return boxes[:, :2] + boxes[:, 2:] / 2
+
+
 def pose_in_window(windows: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """The digit's pose in its window, ``(n, 4)``: its centre's offset from the window's
     centre over the window's size, and its box's size over the window's (pixel boxes)."""
-    centre = lambda b: b[:, :2] + b[:, 2:] / 2  # noqa: E731
     return np.concatenate([(centre(boxes) - centre(windows)) / windows[:, 2:],
                            boxes[:, 2:] / windows[:, 2:]], 1)  # fmt: skip
 
@@ -164,6 +171,8 @@ def main(argv: list[str] | None = None) -> None:
         "--align-steps", type=positive_int, default=3, help="Gauss-Newton steps of the alignment"
     )
     args = parse_checked(parser, argv)
+    if args.frames < 2:
+        parser.error("--frames must be at least 2: z_what drifts between frames")
     means = VARIANTS["both_at_mean"]
     config, model, guide, data, images, _, latents = reconstructed_sequences(
         args, ("boxes", "visible"), "no digits to follow", means
@@ -172,6 +181,8 @@ def main(argv: list[str] | None = None) -> None:
     stats = propagated_what(model, guide, images, means if args.latents == "mean" else ())
     sensitivity = decoder_sensitivity(decoder, config.z_what_dim)
     used = sensitivity > args.used
+    if not used.any():
+        raise ValueError(f"the decoder uses no dimension of z_what (sensitivity > {args.used})")
     kl = np.array(stats["kl_per_sequence"])
     report: dict[str, Any] = {
         "checkpoint": str(args.checkpoint),
@@ -198,13 +209,11 @@ def main(argv: list[str] | None = None) -> None:
     if pairs:
         b, t, k, d, first = (np.array(column) for column in zip(*pairs, strict=True))
         canvas = tuple(images.shape[-2:])
-        size = tuple(config.decoded_glimpse)
         windows = where_to_transform(latents["z_where"][b, t, k])
         what = latents["z_what"]
 
         def error(drawn_through: torch.Tensor, glimpses: torch.Tensor) -> float:
-            b_y, b_x = placement_weights(drawn_through, size, canvas)
-            drawn = b_y @ glimpses @ b_x.transpose(-1, -2)
+            drawn = place(glimpses, drawn_through, canvas)
             return float(((drawn - images[b, t]) ** 2).sum((-1, -2)).mean())
 
         with torch.no_grad():
@@ -226,7 +235,6 @@ def main(argv: list[str] | None = None) -> None:
         change = (what[b, t, k] - what[b, t - 1, k]).numpy()[:, used]
         inside = ~(touches_edge(digit_boxes[0], np.True_, canvas)
                    | touches_edge(digit_boxes[1], np.True_, canvas))  # fmt: skip
-        centre = lambda x: x[:, :2] + x[:, 2:] / 2  # noqa: E731
         offsets = [
             centre(w) - centre(box) for w, box in zip(window_boxes, digit_boxes, strict=True)
         ]

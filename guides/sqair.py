@@ -279,13 +279,18 @@ class SQAIRGuide(nn.Module):
     ) -> torch.Tensor:
         """``loc`` with its shift moved to where the object's previous appearance
         ``f^dec(z_what_{t-1})`` best draws over ``frame`` (:func:`aligned_shift`, ``align_steps``
-        Gauss-Newton steps; the scale is kept). The move is a constant to the where head: its
-        gradient is that of ``loc``. A departure from the paper (whose location comes from the
-        where head alone): measured on the shipped MLP-SQAIR at the posterior means, its
-        windows wobble 0.7 px a frame about their digits and z_what changes to draw the
-        digit where the window left it (drawn with the previous frame's z_what, a frame errs
-        20.3 squared units instead of 6.9; 10.0 after three steps of this alignment);
-        docs/results.md, "Where the appearance error sits"."""
+        Gauss-Newton steps; the scale is kept). No gradient flows through the move: the where
+        head's gradient is that of ``loc``, exactly, but the decoder and the sites before (the
+        previous z_what, the objects drawn before this one) lose the term through the window's
+        mean, a biased gradient for them, as under a stop-gradient.
+
+        A departure from the paper (whose location comes from the where head alone).
+        Measured on run G28 (shipped in session 26) at the posterior means: its windows wobble
+        0.7 px a frame about their digits and z_what changes to draw the digit where the window
+        left it (drawn with the previous frame's z_what a frame errs 20.3 squared units
+        instead of 6.9, 10.0 after three steps of this alignment); trained with two steps, the
+        KL falls by 10 nats a sequence and identity switches by 11% (docs/results.md, "Where
+        the appearance error sits")."""
         with torch.no_grad():
             template = self.decoder(prev_what)
             shift = aligned_shift(where_to_transform(loc), template, frame, self.align_steps)

@@ -19,6 +19,16 @@ def test_a_training_step_runs_on_the_gpu():
     assert torch.isfinite(torch.tensor(metrics["bound"]))
 
 
+def test_a_training_step_with_aligned_windows_runs_on_the_gpu():
+    """``propagation_aligns_window``'s Gauss-Newton steps keep their tensors on the device."""
+    config = small_config("mlp-sqair").replace(
+        propagation_reads_residual=True, propagation_aligns_window=2
+    )
+    trainer = Trainer(config, device="cuda")
+    metrics = trainer.step(torch.rand(4, 3, 50, 50), torch.zeros(4, 3, dtype=torch.long))
+    assert torch.isfinite(torch.tensor(metrics["bound"]))
+
+
 def test_train_evaluate_and_show_with_device_cuda(tiny_data, tmp_path):
     run = tmp_path / "run"
     args = ["train", "--preset", "mlp-air", "--data", str(tiny_data), "--out", str(run)]

@@ -443,9 +443,9 @@ def test_the_guides_read_what_the_objects_before_leave_when_asked(name, option, 
 
 def test_propagation_aligns_each_window_on_the_previous_appearance():
     """``propagation_aligns_window``: the propagated windows' posterior means move (their
-    shift only, not their scale) where the guide without it would put them, the where head
-    still learns (its gradient as without), discovery is untouched; it needs the decoder
-    that ``propagation_reads_residual`` borrows, SQAIR, and a count >= 0."""
+    shift only, not their scale) from where the guide without it would put them, and the
+    where head's gradient is as without (no gradient through the move, none cut from it); it
+    needs the decoder that ``propagation_reads_residual`` borrows, SQAIR, and a count >= 0."""
     config = preset("mlp-sqair", hidden=32, z_what_dim=8, init_from=None,
                     propagation_reads_residual=True, discovery_pres_bias=4.0)  # fmt: skip
     images = torch.rand(4, 3, 50, 50)
@@ -458,9 +458,7 @@ def test_propagation_aligns_each_window_on_the_previous_appearance():
         where = trace.nodes["z_where_prop_1_0"]["fn"].base_dist.base_dist.loc
         where.sum().backward()
         traces[steps] = (trace, where, guide.propagation.where_head.net[-1].bias.grad)
-    (plain, plain_loc, plain_grad), (aligned, aligned_loc, aligned_grad) = traces[0], traces[2]
-    torch.testing.assert_close(plain.nodes["z_where_disc_0_0"]["value"],
-                               aligned.nodes["z_where_disc_0_0"]["value"])  # fmt: skip
+    (_, plain_loc, plain_grad), (_, aligned_loc, aligned_grad) = traces[0], traces[2]
     torch.testing.assert_close(plain_loc[..., :2], aligned_loc[..., :2])
     assert not torch.allclose(plain_loc[..., 2:], aligned_loc[..., 2:])
     torch.testing.assert_close(plain_grad, aligned_grad)

@@ -186,7 +186,8 @@ def test_aligned_shift_finds_where_a_glimpse_was_drawn():
     """Gauss-Newton from 0.5-1.5 px off (1 px = 0.04 on a 50 px canvas) finds the shift a
     smooth glimpse was drawn at within 1e-4 px in 3 steps, 0 steps keep the start; a
     glimpse 5 px off moves at most ``max_step_px`` per step; a blank glimpse (nothing to
-    align) and a window already in place stay where they are."""
+    align) and a window already in place stay where they are; every tensor it makes is on
+    the image's device (the meta device stands in for a GPU, past the precision wrapper)."""
     from sqair_pyro.nn.spatial_transformer import aligned_shift
 
     true = torch.tensor([[0.4, 0.4, 0.1, -0.2], [0.3, 0.5, -0.3, 0.3], [0.5, 0.4, 0.0, 0.0]])
@@ -204,3 +205,5 @@ def test_aligned_shift_finds_where_a_glimpse_was_drawn():
     torch.testing.assert_close(aligned_shift(start, blank, image, 2), start[:, 2:])
     torch.testing.assert_close(aligned_shift(true, _blob(3), image, 2), true[:, 2:],
                                atol=1e-6, rtol=0)  # fmt: skip
+    on_meta = [x.to("meta") for x in (start, _blob(3), image)]
+    assert aligned_shift.__wrapped__(*on_meta, 2).device.type == "meta"

@@ -106,6 +106,7 @@ def placement_weights(
     return _hat_weights(vs, glimpse_size[0]), _hat_weights(us, glimpse_size[1])
 
 
+@full_precision
 def aligned_shift(
     z_where: torch.Tensor,
     glimpse: torch.Tensor,
@@ -123,15 +124,18 @@ def aligned_shift(
     weights (exact, the weights being piecewise linear, away from their kinks), and moves
     each shift by at most ``max_step_px`` pixels. No gradient flows through it.
 
-    :param z_where: ``(*batch, 4)`` as ``(s_x, s_y, t_x, t_y)``;
-        :param glimpse: ``(*batch, h, w)``; :param image: ``(*batch, H, W)``.
+    :param z_where: ``(*batch, 4)`` as ``(s_x, s_y, t_x, t_y)``.
+    :param glimpse: ``(*batch, h, w)``.
+    :param image: ``(*batch, H, W)``, of the glimpse's dtype and device.
     :returns: the shift ``(*batch, 2)``.
     """
     height, width = image.shape[-2:]
     size = tuple(glimpse.shape[-2:])
-    limit = torch.tensor([2 * max_step_px / width, 2 * max_step_px / height], dtype=image.dtype)
+    limit = image.new_tensor([2 * max_step_px / width, 2 * max_step_px / height])
+    identity = torch.eye(2, dtype=image.dtype, device=image.device)
     eps = 1e-3 * limit
     with torch.no_grad():
+        z_where = z_where.to(image.dtype)
         shift = z_where[..., 2:].clone()
         for _ in range(steps):
             where = torch.cat([z_where[..., :2], shift], -1)
@@ -143,7 +147,7 @@ def aligned_shift(
             jac_x = b_y @ glimpse @ ((moved_x - b_x) / eps[0]).transpose(-1, -2)
             jac_y = ((moved_y - b_y) / eps[1]) @ drawn_x
             jac = torch.stack([jac_x.flatten(-2), jac_y.flatten(-2)], -1)  # (*batch, P, 2)
-            normal = jac.transpose(-1, -2) @ jac + damping * torch.eye(2, dtype=image.dtype)
+            normal = jac.transpose(-1, -2) @ jac + damping * identity
             gradient = jac.transpose(-1, -2) @ residual.flatten(-2).unsqueeze(-1)
             step = -torch.linalg.solve(normal, gradient).squeeze(-1)
             shift = shift + torch.maximum(torch.minimum(step, limit), -limit)
