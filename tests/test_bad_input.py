@@ -276,7 +276,8 @@ BENCHMARK_CASES = [
     ("appearance_drift of frames without boxes", "appearance_drift", lambda p: [
      "--checkpoint", str(p["ckpt"]), "--data", str(p["frames_only.npz"])],
      "no digits to follow", 1),
-    ("appearance_drift --frames 1", "appearance_drift", lambda p: ["--frames", "1"],
+    ("appearance_drift --frames 1", "appearance_drift", lambda p: ["--checkpoint",
+     str(p["ckpt"]), "--data", str(p["test"]), "--frames", "1"],
      "--frames must be at least 2", 2),
     ("particle_spread --particles 0", "particle_spread", lambda p: ["--particles", "0"],
      "must be a positive integer", 2),
