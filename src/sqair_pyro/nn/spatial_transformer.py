@@ -150,7 +150,7 @@ def aligned_shift(
             normal = jac.transpose(-1, -2) @ jac + damping * identity
             gradient = jac.transpose(-1, -2) @ residual.flatten(-2).unsqueeze(-1)
             step = -torch.linalg.solve(normal, gradient).squeeze(-1)
-            shift = shift + torch.maximum(torch.minimum(step, limit), -limit)
+            shift = shift + step.clamp(-limit, limit)
     return shift
 
 
