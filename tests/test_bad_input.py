@@ -155,6 +155,10 @@ CASES = [
     # Guide options the model cannot take.
     ("AIR with a residual", lambda p: _train(p, "--set", "propagation_reads_residual=true"),
      "needs SQAIR: AIR propagates nothing", 1),
+    ("AIR aligning windows", lambda p: _train(p, "--set", "propagation_aligns_window=2"),
+     "needs SQAIR: AIR propagates nothing", 1),
+    ("negative alignment steps", lambda p: _train(p, "--set", "propagation_aligns_window=-1"),
+     "propagation_aligns_window must be >= 0", 1),
     ("VRNN reading the difference", lambda p: ["train", "--preset", "mlp-vrnn", "--data",
      str(p["data"]), "--out", str(p["root"] / "r3"), "--set", "discovery_reads_difference=true"],
      "needs AIR or SQAIR", 1),
@@ -276,6 +280,10 @@ BENCHMARK_CASES = [
     ("appearance_drift of frames without boxes", "appearance_drift", lambda p: [
      "--checkpoint", str(p["ckpt"]), "--data", str(p["frames_only.npz"])],
      "no digits to follow", 1),
+    ("appearance_drift --align-steps 0", "appearance_drift", lambda p: ["--align-steps", "0"],
+     "must be a positive integer", 2),
+    ("reconstruction_floor --what-iterations 0", "reconstruction_floor", lambda p: [
+     "--what-iterations", "0"], "must be a positive integer", 2),
     ("appearance_drift --frames 1", "appearance_drift", lambda p: ["--checkpoint",
      str(p["ckpt"]), "--data", str(p["test"]), "--frames", "1"],
      "--frames must be at least 2", 2),
