@@ -40,7 +40,7 @@ from torch.distributions import Normal, kl_divergence
 
 from sqair_pyro.cli import positive_int
 from sqair_pyro.nn.spatial_transformer import (
-    aligned_shift,
+    aligned_window,
     place,
     where_to_transform,
     z_where_to_boxes,
@@ -170,6 +170,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--align-steps", type=positive_int, default=3, help="Gauss-Newton steps of the alignment"
     )
+    parser.add_argument(
+        "--align-scale", action="store_true", help="the alignment moves the scale too"
+    )
     args = parse_checked(parser, argv)
     if args.frames < 2:
         parser.error("--frames must be at least 2: z_what drifts between frames")
@@ -222,8 +225,9 @@ def main(argv: list[str] | None = None) -> None:
                 name: error(windows, decoder(what[b, tt, k])) for name, tt in glimpses.items()
             }
             template = decoder(what[b, t - 1, k])
-            shift = aligned_shift(windows, template, images[b, t], args.align_steps)
-            aligned = torch.cat([windows[:, :2], shift], -1)
+            aligned = aligned_window(
+                windows, template, images[b, t], args.align_steps, args.align_scale
+            )
             errors["previous_aligned"] = error(aligned, template)
         boxes = data["boxes"][:count, :frames]
         window_boxes = [

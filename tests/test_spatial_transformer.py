@@ -182,28 +182,48 @@ def _blob(n: int) -> torch.Tensor:
     return torch.exp(-((yy - 9.5) ** 2 + (xx - 9.5) ** 2) / 18).expand(n, 20, 20)
 
 
-def test_aligned_shift_finds_where_a_glimpse_was_drawn():
+def test_aligned_window_finds_where_a_glimpse_was_drawn():
     """Gauss-Newton from 0.5-1.5 px off (1 px = 0.04 on a 50 px canvas) finds the shift a
-    smooth glimpse was drawn at within 1e-4 px in 3 steps, 0 steps keep the start; a
-    glimpse 5 px off moves at most ``max_step_px`` per step; a blank glimpse (nothing to
-    align) and a window already in place stay where they are; every tensor it makes is on
+    smooth glimpse was drawn at within 1e-4 px in 3 steps, keeping the scale; 0 steps keep the
+    start; a glimpse 5 px off moves at most ``max_step_px`` per step; a blank glimpse (nothing
+    to align) and a window already in place stay where they are; every tensor it makes is on
     the image's device (the meta device stands in for a GPU, past the precision wrapper)."""
-    from sqair_pyro.nn.spatial_transformer import aligned_shift
+    from sqair_pyro.nn.spatial_transformer import aligned_window
 
     true = torch.tensor([[0.4, 0.4, 0.1, -0.2], [0.3, 0.5, -0.3, 0.3], [0.5, 0.4, 0.0, 0.0]])
     image = place(_blob(3), true, (50, 50))
     start = true.clone()
     start[:, 2:] += torch.tensor([[0.05, -0.03], [-0.04, 0.06], [0.03, 0.02]])
-    torch.testing.assert_close(aligned_shift(start, _blob(3), image, 0), start[:, 2:])
-    torch.testing.assert_close(aligned_shift(start, _blob(3), image, 3), true[:, 2:],
+    torch.testing.assert_close(aligned_window(start, _blob(3), image, 0), start)
+    torch.testing.assert_close(aligned_window(start, _blob(3), image, 3), true,
                                atol=4e-6, rtol=0)  # fmt: skip
     far = true.clone()
     far[:, 2] += 0.2  # 5 px
-    moved = aligned_shift(far, _blob(3), image, 1, max_step_px=2.0) - far[:, 2:]
-    assert moved[:, 0].abs().max() <= 0.08 + 1e-6 and (moved[:, 0] < 0).all()
+    moved = aligned_window(far, _blob(3), image, 1, max_step_px=2.0) - far
+    assert moved[:, 2].abs().max() <= 0.08 + 1e-6 and (moved[:, 2] < 0).all()
     blank = torch.zeros(3, 20, 20)
-    torch.testing.assert_close(aligned_shift(start, blank, image, 2), start[:, 2:])
-    torch.testing.assert_close(aligned_shift(true, _blob(3), image, 2), true[:, 2:],
+    torch.testing.assert_close(aligned_window(start, blank, image, 2), start)
+    torch.testing.assert_close(aligned_window(true, _blob(3), image, 2), true,
                                atol=1e-6, rtol=0)  # fmt: skip
     on_meta = [x.to("meta") for x in (start, _blob(3), image)]
-    assert aligned_shift.__wrapped__(*on_meta, 2).device.type == "meta"
+    assert aligned_window.__wrapped__(*on_meta, 2, True).device.type == "meta"
+
+
+def test_aligned_window_fits_the_scale_when_asked():
+    """With ``fit_scale`` a window 15% too wide and 10% too short and 1 px off finds the
+    scale and shift the glimpse was drawn at (to 1e-3 of the scale, 0.05 px) in 8 steps,
+    where the shift alone cannot (its scale stays wrong); each step moves a scale by at most
+    ``max_scale_step`` of itself."""
+    from sqair_pyro.nn.spatial_transformer import aligned_window
+
+    true = torch.tensor([[0.4, 0.4, 0.1, -0.2], [0.3, 0.5, -0.3, 0.3]])
+    image = place(_blob(2), true, (50, 50))
+    start = true * torch.tensor([1.15, 0.9, 1.0, 1.0]) + torch.tensor([0.0, 0.0, 0.04, -0.04])
+    fitted = aligned_window(start, _blob(2), image, 8, fit_scale=True)
+    torch.testing.assert_close(fitted[:, :2], true[:, :2], atol=1e-3 * 0.3, rtol=0)
+    torch.testing.assert_close(fitted[:, 2:], true[:, 2:], atol=0.002, rtol=0)
+    shift_only = aligned_window(start, _blob(2), image, 8)
+    torch.testing.assert_close(shift_only[:, :2], start[:, :2])
+    one = aligned_window(start, _blob(2), image, 1, fit_scale=True, max_scale_step=0.05)
+    assert ((one[:, :2] - start[:, :2]).abs() <= 0.05 * start[:, :2] + 1e-6).all()
+    assert not torch.allclose(one[:, :2], start[:, :2])

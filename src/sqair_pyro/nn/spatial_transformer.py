@@ -17,8 +17,10 @@ extraction uses ``grid_sample`` (faster in that direction) on a grid built per a
 - :func:`place`    ``y = ST^{-1}(g, z_where)``: draw a glimpse onto a canvas (the inverse);
   :func:`placement_weights` its two matrices; :func:`resampling_matrix` a glimpse at another
   resolution.
-- :func:`aligned_shift`: the shift that best draws a glimpse over an image (Gauss-Newton).
-- :func:`where_to_transform`: the latent (unconstrained) z_where to ``(s_x, s_y, t_x, t_y)``.
+- :func:`aligned_window`: the shift (and scale) that best draws a glimpse over an image
+  (Gauss-Newton).
+- :func:`where_to_transform` / :func:`transform_to_where`: the latent (unconstrained) z_where
+  to ``(s_x, s_y, t_x, t_y)`` and back.
 - :func:`z_where_to_boxes` / :func:`boxes_to_z_where`: the one place that converts between
   ``z_where`` and pixel boxes ``(x, y, width, height)``.
 
@@ -107,51 +109,68 @@ def placement_weights(
 
 
 @full_precision
-def aligned_shift(
+def aligned_window(
     z_where: torch.Tensor,
     glimpse: torch.Tensor,
     image: torch.Tensor,
     steps: int,
+    fit_scale: bool = False,
     max_step_px: float = 2.0,
+    max_scale_step: float = 0.1,
     damping: float = 1e-4,
 ) -> torch.Tensor:
-    """The shift ``t`` that best draws ``glimpse`` over ``image`` through the window of
-    ``z_where`` (its scale kept), from ``steps`` Gauss-Newton steps (Lucas and Kanade 1981)
-    on ``min_t ||B_y(t_y) g B_x(t_x)^T - x||^2`` from ``z_where``'s own shift.
+    """The window that best draws ``glimpse`` over ``image``, from ``steps`` Gauss-Newton
+    steps (Lucas and Kanade 1981) on ``min ||B_y g B_x^T - x||^2`` from ``z_where``: over its
+    shift ``t``, and with ``fit_scale`` over its scale ``s`` too.
 
-    Each step solves the 2x2 normal equations ``(J^T J + damping I) dt = -J^T r`` with the
-    Jacobian ``J`` of the drawing in each shift by finite differences of the separable
-    weights (exact, the weights being piecewise linear, away from their kinks), and moves
-    each shift by at most ``max_step_px`` pixels. No gradient flows through it.
+    Each step solves the normal equations ``(J^T J + damping I) d = -J^T r`` (2x2, or 4x4
+    with the scale) with the Jacobian ``J`` of the drawing by finite differences of the
+    separable weights (exact in the shift, the weights being piecewise linear in it away from
+    their kinks; first order in the scale), and moves each shift by at most ``max_step_px``
+    pixels and each scale by at most ``max_scale_step`` of itself (kept in ``(0.01, 0.99)``,
+    where the latent's sigmoid can reach). No gradient flows through it.
 
     :param z_where: ``(*batch, 4)`` as ``(s_x, s_y, t_x, t_y)``.
     :param glimpse: ``(*batch, h, w)``.
     :param image: ``(*batch, H, W)``, of the glimpse's dtype and device.
-    :returns: the shift ``(*batch, 2)``.
+    :returns: the window ``(*batch, 4)``; its scale is ``z_where``'s unless ``fit_scale``.
     """
     height, width = image.shape[-2:]
     size = tuple(glimpse.shape[-2:])
-    limit = image.new_tensor([2 * max_step_px / width, 2 * max_step_px / height])
-    identity = torch.eye(2, dtype=image.dtype, device=image.device)
-    eps = 1e-3 * limit
+    free = [0, 1, 2, 3] if fit_scale else [2, 3]
     with torch.no_grad():
-        z_where = z_where.to(image.dtype)
-        shift = z_where[..., 2:].clone()
+        where = z_where.to(image.dtype).clone()
         for _ in range(steps):
-            where = torch.cat([z_where[..., :2], shift], -1)
+            limit = torch.cat(
+                [max_scale_step * where[..., :2],
+                 where.new_tensor([2 * max_step_px / width, 2 * max_step_px / height])
+                 .expand_as(where[..., 2:])], -1,
+            )[..., free]  # fmt: skip
             b_y, b_x = placement_weights(where, size, (height, width))
-            moved_y, moved_x = placement_weights(where + torch.cat([0 * eps, eps]), size,
-                                                 (height, width))  # fmt: skip
             drawn_x = glimpse @ b_x.transpose(-1, -2)  # (*batch, h, W)
             residual = b_y @ drawn_x - image
-            jac_x = b_y @ glimpse @ ((moved_x - b_x) / eps[0]).transpose(-1, -2)
-            jac_y = ((moved_y - b_y) / eps[1]) @ drawn_x
-            jac = torch.stack([jac_x.flatten(-2), jac_y.flatten(-2)], -1)  # (*batch, P, 2)
+            columns = []
+            for k in free:  # the drawing's derivative in each free coordinate
+                eps = 1e-3 * limit[..., free.index(k)].mean()
+                moved_y, moved_x = placement_weights(
+                    where + eps * torch.eye(4, dtype=where.dtype, device=where.device)[k],
+                    size, (height, width),
+                )  # fmt: skip
+                if k % 2 == 0:  # an x coordinate moves B_x
+                    column = b_y @ glimpse @ ((moved_x - b_x) / eps).transpose(-1, -2)
+                else:
+                    column = ((moved_y - b_y) / eps) @ drawn_x
+                columns.append(column.flatten(-2))
+            jac = torch.stack(columns, -1)  # (*batch, P, free)
+            identity = torch.eye(len(free), dtype=where.dtype, device=where.device)
             normal = jac.transpose(-1, -2) @ jac + damping * identity
             gradient = jac.transpose(-1, -2) @ residual.flatten(-2).unsqueeze(-1)
             step = -torch.linalg.solve(normal, gradient).squeeze(-1)
-            shift = shift + step.clamp(-limit, limit)
-    return shift
+            step = torch.maximum(torch.minimum(step, limit), -limit)
+            where[..., free] = where[..., free] + step
+            if fit_scale:
+                where[..., :2] = where[..., :2].clamp(0.01, 0.99)
+    return where
 
 
 def resampling_matrix(old: tuple[int, int], new: tuple[int, int]) -> torch.Tensor:
@@ -173,6 +192,12 @@ def where_to_transform(z_where: torch.Tensor) -> torch.Tensor:
     larger than the canvas nor of zero size), shifts are used as they are.
     """
     return torch.cat([torch.sigmoid(z_where[..., :2]), z_where[..., 2:]], dim=-1)
+
+
+def transform_to_where(transform: torch.Tensor) -> torch.Tensor:
+    """The latent z_where of a transform ``(s_x, s_y, t_x, t_y)``, :func:`where_to_transform`'s
+    inverse (the logit of each scale)."""
+    return torch.cat([torch.logit(transform[..., :2]), transform[..., 2:]], dim=-1)
 
 
 def z_where_to_boxes(z_where: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
