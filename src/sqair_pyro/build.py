@@ -187,7 +187,6 @@ SQAIR_GUIDE_OPTIONS = (
     "discovery_masks_propagated",
     "propagation_reads_residual",
     "propagation_aligns_window",
-    "propagation_aligns_scale",
 )
 #: The guide options of the object models, AIR's and SQAIR's.
 OBJECT_GUIDE_OPTIONS = ("discovery_reads_difference", *SQAIR_GUIDE_OPTIONS)
@@ -280,7 +279,6 @@ def sqair_guide(
         mask_propagated=config.discovery_masks_propagated,
         decoder=borrowed_decoder(config, "propagation_reads_residual", decoder),
         align_steps=config.propagation_aligns_window,
-        align_scale=config.propagation_aligns_scale,
     )
 
 

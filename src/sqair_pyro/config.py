@@ -120,8 +120,6 @@ class Config:
     # appearance (guides/sqair.py, SQAIRGuide.aligned; needs propagation_reads_residual,
     # through which the guide holds the decoder): a departure from the paper; 0: off.
     propagation_aligns_window: int = 0
-    # Those steps also move the window's scale (needs propagation_aligns_window): a departure.
-    propagation_aligns_scale: bool = False
     # Discovery's RNN reads, at each step after the first, the encoding of the frame less
     # what the objects found so far draw (DAIR, Eslami et al. 2016; guides/air.py).
     discovery_reads_difference: bool = False
@@ -310,7 +308,6 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "discovery_masks_propagated",
         "propagation_reads_residual",
         "propagation_aligns_window",
-        "propagation_aligns_scale",
         "discovery_reads_difference",
         "what_scale_offset",
     ),

@@ -19,8 +19,7 @@ extraction uses ``grid_sample`` (faster in that direction) on a grid built per a
   resolution.
 - :func:`aligned_window`: the shift (and scale) that best draws a glimpse over an image
   (Gauss-Newton).
-- :func:`where_to_transform` / :func:`transform_to_where`: the latent (unconstrained) z_where
-  to ``(s_x, s_y, t_x, t_y)`` and back.
+- :func:`where_to_transform`: the latent (unconstrained) z_where to ``(s_x, s_y, t_x, t_y)``.
 - :func:`z_where_to_boxes` / :func:`boxes_to_z_where`: the one place that converts between
   ``z_where`` and pixel boxes ``(x, y, width, height)``.
 
@@ -192,12 +191,6 @@ def where_to_transform(z_where: torch.Tensor) -> torch.Tensor:
     larger than the canvas nor of zero size), shifts are used as they are.
     """
     return torch.cat([torch.sigmoid(z_where[..., :2]), z_where[..., 2:]], dim=-1)
-
-
-def transform_to_where(transform: torch.Tensor) -> torch.Tensor:
-    """The latent z_where of a transform ``(s_x, s_y, t_x, t_y)``, :func:`where_to_transform`'s
-    inverse (the logit of each scale)."""
-    return torch.cat([torch.logit(transform[..., :2]), transform[..., 2:]], dim=-1)
 
 
 def z_where_to_boxes(z_where: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
