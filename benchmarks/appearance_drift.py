@@ -245,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
         report["followed_frames"] = {
             "frames": len(pairs),
             "squared_error_with_z_what_of": errors,
+            "alignment": {"steps": args.align_steps, "scale": args.align_scale},
             "pose_change_rms": np.sqrt(((pose[0] - pose[1]) ** 2).mean(0)).tolist(),
             "z_what_change_rms_used": float(np.sqrt((change**2).mean())),
             "z_what_change_explained_by_pose": explained_share(pose[0] - pose[1], change),

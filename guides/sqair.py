@@ -281,10 +281,11 @@ class SQAIRGuide(nn.Module):
         ``f^dec(z_what_{t-1})`` best draws over ``frame`` (:func:`aligned_window`,
         ``align_steps`` Gauss-Newton steps; the scale is kept: fitting it too moved a fifth of
         the scales by more than 15% in three steps and cost 631 nats of validation bound,
-        docs/results.md, "Aligning the scale too"). No gradient flows through the move: the
-        where head's gradient is that of ``loc``, exactly, but the decoder and the sites before
-        (the previous z_what, the objects drawn before this one) lose the term through the
-        window's mean, a biased gradient for them, as under a stop-gradient.
+        docs/results.md, "Aligned windows: the control, the scale, a lower rate"). No gradient
+        flows through the move: the where head's gradient is that of ``loc``, exactly, but the
+        decoder and the sites before (the previous z_what, the objects drawn before this one)
+        lose the term through the window's mean, a biased gradient for them, as under a
+        stop-gradient.
 
         A departure from the paper (whose location comes from the where head alone).
         Measured on run G28 (shipped in session 26) at the posterior means: its windows wobble

@@ -206,14 +206,18 @@ def test_aligned_window_finds_where_a_glimpse_was_drawn():
     torch.testing.assert_close(aligned_window(true, _blob(3), image, 2), true,
                                atol=1e-6, rtol=0)  # fmt: skip
     on_meta = [x.to("meta") for x in (start, _blob(3), image)]
-    assert aligned_window.__wrapped__(*on_meta, 2, True).device.type == "meta"
+    for fit_scale in (False, True):
+        assert aligned_window.__wrapped__(*on_meta, 2, fit_scale).device.type == "meta"
+    # No rows (no object alive in a slot): nothing to align, no error.
+    assert aligned_window(start[:0], _blob(0), image[:0], 2, True).shape == (0, 4)
 
 
 def test_aligned_window_fits_the_scale_when_asked():
     """With ``fit_scale`` a window 15% too wide and 10% too short and 1 px off finds the
-    scale and shift the glimpse was drawn at (to 1e-3 of the scale, 0.05 px) in 8 steps,
-    where the shift alone cannot (its scale stays wrong); each step moves a scale by at most
-    ``max_scale_step`` of itself."""
+    scale and shift the glimpse was drawn at (to 1e-3 of the scale, 0.05 px) in 8 steps;
+    without it the scale is left as it was; each step moves a scale by at most
+    ``max_scale_step`` of itself; each row's fit is its own (the same alone as in a batch,
+    also of more than one batch dimension)."""
     from sqair_pyro.nn.spatial_transformer import aligned_window
 
     true = torch.tensor([[0.4, 0.4, 0.1, -0.2], [0.3, 0.5, -0.3, 0.3]])
@@ -227,3 +231,9 @@ def test_aligned_window_fits_the_scale_when_asked():
     one = aligned_window(start, _blob(2), image, 1, fit_scale=True, max_scale_step=0.05)
     assert ((one[:, :2] - start[:, :2]).abs() <= 0.05 * start[:, :2] + 1e-6).all()
     assert not torch.allclose(one[:, :2], start[:, :2])
+    alone = aligned_window(start[:1], _blob(1), image[:1], 3, fit_scale=True)
+    batched = aligned_window(start, _blob(2), image, 3, fit_scale=True)
+    torch.testing.assert_close(alone, batched[:1], atol=0, rtol=0)
+    grid = aligned_window(start.expand(3, 2, 4), _blob(2).expand(3, 2, 20, 20),
+                          image.expand(3, 2, 50, 50), 3, fit_scale=True)  # fmt: skip
+    torch.testing.assert_close(grid, batched.expand(3, 2, 4), atol=0, rtol=0)

@@ -139,6 +139,7 @@ def aligned_window(
     free = [0, 1, 2, 3] if fit_scale else [2, 3]
     with torch.no_grad():
         where = z_where.to(image.dtype).clone()
+        units = torch.eye(4, dtype=where.dtype, device=where.device)
         for _ in range(steps):
             limit = torch.cat(
                 [max_scale_step * where[..., :2],
@@ -149,16 +150,13 @@ def aligned_window(
             drawn_x = glimpse @ b_x.transpose(-1, -2)  # (*batch, h, W)
             residual = b_y @ drawn_x - image
             columns = []
-            for k in free:  # the drawing's derivative in each free coordinate
-                eps = 1e-3 * limit[..., free.index(k)].mean()
-                moved_y, moved_x = placement_weights(
-                    where + eps * torch.eye(4, dtype=where.dtype, device=where.device)[k],
-                    size, (height, width),
-                )  # fmt: skip
+            for j, k in enumerate(free):  # the drawing's derivative in each free coordinate
+                eps = 1e-3 * limit[..., j, None]  # per row: (*batch, 1)
+                moved_y, moved_x = placement_weights(where + eps * units[k], size, (height, width))
                 if k % 2 == 0:  # an x coordinate moves B_x
-                    column = b_y @ glimpse @ ((moved_x - b_x) / eps).transpose(-1, -2)
+                    column = b_y @ glimpse @ ((moved_x - b_x) / eps[..., None]).transpose(-1, -2)
                 else:
-                    column = ((moved_y - b_y) / eps) @ drawn_x
+                    column = ((moved_y - b_y) / eps[..., None]) @ drawn_x
                 columns.append(column.flatten(-2))
             jac = torch.stack(columns, -1)  # (*batch, P, free)
             identity = torch.eye(len(free), dtype=where.dtype, device=where.device)
