@@ -140,12 +140,11 @@ def aligned_window(
     with torch.no_grad():
         where = z_where.to(image.dtype).clone()
         units = torch.eye(4, dtype=where.dtype, device=where.device)
+        identity = torch.eye(len(free), dtype=where.dtype, device=where.device)
+        shift_limit = where.new_tensor([2 * max_step_px / width, 2 * max_step_px / height])
         for _ in range(steps):
-            limit = torch.cat(
-                [max_scale_step * where[..., :2],
-                 where.new_tensor([2 * max_step_px / width, 2 * max_step_px / height])
-                 .expand_as(where[..., 2:])], -1,
-            )[..., free]  # fmt: skip
+            scale_limit = max_scale_step * where[..., :2]
+            limit = torch.cat([scale_limit, shift_limit.expand_as(scale_limit)], -1)[..., free]
             b_y, b_x = placement_weights(where, size, (height, width))
             drawn_x = glimpse @ b_x.transpose(-1, -2)  # (*batch, h, W)
             residual = b_y @ drawn_x - image
@@ -159,11 +158,10 @@ def aligned_window(
                     column = ((moved_y - b_y) / eps[..., None]) @ drawn_x
                 columns.append(column.flatten(-2))
             jac = torch.stack(columns, -1)  # (*batch, P, free)
-            identity = torch.eye(len(free), dtype=where.dtype, device=where.device)
             normal = jac.transpose(-1, -2) @ jac + damping * identity
             gradient = jac.transpose(-1, -2) @ residual.flatten(-2).unsqueeze(-1)
             step = -torch.linalg.solve(normal, gradient).squeeze(-1)
-            step = torch.maximum(torch.minimum(step, limit), -limit)
+            step = step.clamp(-limit, limit)
             where[..., free] = where[..., free] + step
             if fit_scale:
                 where[..., :2] = where[..., :2].clamp(0.01, 0.99)
