@@ -284,6 +284,22 @@ BENCHMARK_CASES = [
      "must be a positive integer", 2),
     ("reconstruction_floor --what-iterations 0", "reconstruction_floor", lambda p: [
      "--what-iterations", "0"], "must be a positive integer", 2),
+    ("reconstruction_floor --refit-lr 0", "reconstruction_floor", lambda p: ["--refit-lr", "0"],
+     "must be a finite number > 0", 2),
+    ("reconstruction_floor --refit-steps -1", "reconstruction_floor", lambda p: [
+     "--refit-steps", "-1"], "must be 0 or more", 2),
+    ("reconstruction_floor --refit-out without a refit", "reconstruction_floor", lambda p: [
+     "--checkpoint", str(p["ckpt"]), "--data", str(p["test"]), "--refit-out",
+     str(p["root"] / "out.pt")], "--refit-out and --encoder-steps need --refit-steps", 2),
+    ("reconstruction_floor --encoder-steps without a refit", "reconstruction_floor", lambda p: [
+     "--checkpoint", str(p["ckpt"]), "--data", str(p["test"]), "--encoder-steps", "5"],
+     "--refit-out and --encoder-steps need --refit-steps", 2),
+    ("reconstruction_floor --refit-out onto its checkpoint", "reconstruction_floor", lambda p: [
+     "--checkpoint", str(p["ckpt"]), "--data", str(p["test"]), "--refit-steps", "5",
+     "--refit-out", str(p["ckpt"])], "a directory or the checkpoint itself", 2),
+    ("reconstruction_floor missing refit data", "reconstruction_floor", lambda p: [
+     "--checkpoint", str(p["ckpt"]), "--data", str(p["test"]), "--refit-steps", "5",
+     "--refit-data", str(p["root"] / "none.npz")], "none.npz: no such file", 2),
     ("appearance_drift --frames 1", "appearance_drift", lambda p: ["--checkpoint",
      str(p["ckpt"]), "--data", str(p["test"]), "--frames", "1"],
      "--frames must be at least 2", 2),

@@ -398,6 +398,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    value = float(text)
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
 #: The largest frame side (pixels) a command resizes to; beyond it OpenCV and memory give out.
 MAX_SIDE = 8192
 
