@@ -296,7 +296,8 @@ BENCHMARK_CASES = [
      "--refit-out and --encoder-steps need --refit-steps", 2),
     ("reconstruction_floor --refit-out onto its checkpoint", "reconstruction_floor", lambda p: [
      "--checkpoint", str(p["ckpt"]), "--data", str(p["test"]), "--refit-steps", "5",
-     "--refit-out", str(p["ckpt"])], "a directory or the checkpoint itself", 2),
+     "--refit-data", str(p["test"]), "--refit-out", str(p["ckpt"])],
+     "a directory or the checkpoint itself", 2),
     ("reconstruction_floor missing refit data", "reconstruction_floor", lambda p: [
      "--checkpoint", str(p["ckpt"]), "--data", str(p["test"]), "--refit-steps", "5",
      "--refit-data", str(p["root"] / "none.npz")], "none.npz: no such file", 2),
