@@ -173,9 +173,7 @@ def refit_decoder(
         codes.
     """
     codes = z_what.detach().clone().requires_grad_(True)
-    weights = list(decoder.parameters())
-    for weight in weights:
-        weight.requires_grad_(True)
+    weights = list(decoder.requires_grad_(True).parameters())
     optimiser = torch.optim.Adam(
         [{"params": weights, "lr": lr}, {"params": [codes], "lr": code_lr}]
     )
@@ -251,9 +249,8 @@ def one_object_frames(args: argparse.Namespace, data: Path, sequences: int) -> d
     digit in view (:func:`single_object_frames`), at the posterior means of ``--checkpoint``:
     the programs (``config``, ``model``), the ``pixels`` ``(n, H, W)``, the objects'
     ``windows`` (affine, float64) and ``z_what``, the model's squared error of each frame, the
-    digits' pixel boxes, whether each digit is wholly in view (``inside``), the placement
-    matrices ``b_y``, ``b_x`` of the decoded glimpse through the windows, and the
-    ``glimpses`` ``(n, h * w)`` the guide's glimpse encoder reads through them."""
+    digits' pixel boxes, whether each digit is wholly in view (``inside``), and the
+    placement matrices ``b_y``, ``b_x`` of the decoded glimpse through the windows."""
     args = argparse.Namespace(**{**vars(args), "data": data, "sequences": sequences})
     config, model, _, arrays, images, model_error, latents = reconstructed_sequences(
         args, ("boxes", "visible"), "no digits to compare with", VARIANTS["both_at_mean"]
@@ -277,9 +274,6 @@ def one_object_frames(args: argparse.Namespace, data: Path, sequences: int) -> d
         "windows": windows,
         "b_y": b_y,
         "b_x": b_x,
-        "glimpses": glimpse(
-            images[seq, frame].float(), windows.float(), tuple(config.glimpse_size)
-        ).flatten(1),
         "z_what": latents["z_what"][seq, frame, slot],
         "model_error": model_error[seq, frame],
         "digit_boxes": digit_boxes,
@@ -353,20 +347,26 @@ def amortised_errors(
     ``codes`` (drawn by ``refitted``). Returns each one's mean squared error a frame when
     drawing from its codes, on the training and the held-out ``test`` frames."""
     generator = torch.Generator().manual_seed(args.seed)
-    hidden = train["config"].hidden
+    config = train["config"]
+    splits = {"train": train, "test": test}
+    glimpses = {  # what the guide's glimpse encoder reads through each window, flattened
+        split: glimpse(frames["pixels"].float(), frames["windows"].float(),
+                       tuple(config.glimpse_size)).flatten(1)
+        for split, frames in splits.items()
+    }  # fmt: skip
     report = {}
     for name, targets, draw in (
         ("guide_codes", train["z_what"].float(), decoder),
         ("refitted_codes", codes, refitted),
     ):
         encoder = fit_encoder(
-            train["glimpses"], targets, hidden, args.encoder_steps, generator=generator
+            glimpses["train"], targets, config.hidden, args.encoder_steps, generator=generator
         )
         with torch.no_grad():
             report[name] = {
-                split: float(drawing_error(draw, encoder(frames["glimpses"]), frames["pixels"],
+                split: float(drawing_error(draw, encoder(glimpses[split]), frames["pixels"],
                                            frames["b_y"], frames["b_x"]).mean())
-                for split, frames in (("train", train), ("test", test))
+                for split, frames in splits.items()
             }  # fmt: skip
     return report
 
