@@ -41,6 +41,7 @@ from torch.distributions import Normal, kl_divergence
 from sqair_pyro.cli import positive_int
 from sqair_pyro.nn.spatial_transformer import (
     aligned_window,
+    centred,
     place,
     where_to_transform,
     z_where_to_boxes,
@@ -219,14 +220,19 @@ def main(argv: list[str] | None = None) -> None:
             drawn = place(glimpses, drawn_through, canvas)
             return float(((drawn - images[b, t]) ** 2).sum((-1, -2)).mean())
 
+        def drawing(glimpses: torch.Tensor) -> torch.Tensor:
+            """The windows as the model draws ``glimpses`` through them (centred or not)."""
+            return centred(windows, glimpses) if model.likelihood.centre_glimpses else windows
+
         with torch.no_grad():
             glimpses = {"own": t, "previous": t - 1, "first_of_run": first}
-            errors = {
-                name: error(windows, decoder(what[b, tt, k])) for name, tt in glimpses.items()
-            }
+            errors = {}
+            for name, tt in glimpses.items():
+                decoded = decoder(what[b, tt, k])
+                errors[name] = error(drawing(decoded), decoded)
             template = decoder(what[b, t - 1, k])
             aligned = aligned_window(
-                windows, template, images[b, t], args.align_steps, args.align_scale
+                drawing(template), template, images[b, t], args.align_steps, args.align_scale
             )
             errors["previous_aligned"] = error(aligned, template)
         boxes = data["boxes"][:count, :frames]

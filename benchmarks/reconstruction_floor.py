@@ -61,8 +61,9 @@ from gradient_terms import (
 from lost_digits import touches_edge
 from posterior_means import VARIANTS, reconstructed_sequences
 
-from sqair_pyro.checkpoint import load_checkpoint, save_checkpoint
+from sqair_pyro.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from sqair_pyro.cli import non_negative_int, positive_float, positive_int
+from sqair_pyro.config import Config
 from sqair_pyro.nn.modules import MLP
 from sqair_pyro.nn.spatial_transformer import (
     boxes_to_z_where,
@@ -252,6 +253,11 @@ def one_object_frames(args: argparse.Namespace, data: Path, sequences: int) -> d
     digits' pixel boxes, whether each digit is wholly in view (``inside``), and the
     placement matrices ``b_y``, ``b_x`` of the decoded glimpse through the windows."""
     args = argparse.Namespace(**{**vars(args), "data": data, "sequences": sequences})
+    if Config.from_dict(read_checkpoint(args.checkpoint)["config"]).centre_glimpses:
+        raise ValueError(
+            f"{args.checkpoint} draws its glimpses centred (centre_glimpses); the floors "
+            "place glimpses through fixed windows, as the paper draws"
+        )
     config, model, _, arrays, images, model_error, latents = reconstructed_sequences(
         args, ("boxes", "visible"), "no digits to compare with", VARIANTS["both_at_mean"]
     )

@@ -24,11 +24,11 @@ import torch
 from torch import nn
 
 from sqair_pyro.models.air import as_sequences
-from sqair_pyro.models.likelihood import draw
+from sqair_pyro.models.likelihood import draw, drawing_transform
 from sqair_pyro.models.state import SlotStack
 from sqair_pyro.nn.modules import BernoulliHead, Borrowed, GaussianHead, bcat
 from sqair_pyro.nn.rows import Rows
-from sqair_pyro.nn.spatial_transformer import glimpse, where_to_transform
+from sqair_pyro.nn.spatial_transformer import aligned_window, glimpse, where_to_transform
 
 
 def baseline_options(
@@ -54,6 +54,21 @@ def residual(image: torch.Tensor, drawn: torch.Tensor) -> torch.Tensor:
     return (image - drawn).clamp(min=0)
 
 
+def shift_aligned(
+    loc: torch.Tensor, template: torch.Tensor, frame: torch.Tensor, steps: int, centre: bool
+) -> torch.Tensor:
+    """The window ``loc`` (..., 4, unconstrained z_where) with its shift moved by ``steps``
+    Gauss-Newton steps (:func:`aligned_window`) to where ``template`` (..., h, w), drawn as
+    the model draws it (``centre``: :func:`~sqair_pyro.models.likelihood.drawing_transform`),
+    best draws ``frame`` (..., H, W); its scale is kept. The move is taken without gradient:
+    ``loc``'s own gradient passes unchanged, the template's and the frame's are cut."""
+    with torch.no_grad():
+        drawing = drawing_transform(template, loc, centre)
+        moved = aligned_window(drawing, template, frame, steps)
+        shift = moved[..., 2:] - drawing[..., 2:]
+    return loc + torch.cat([torch.zeros_like(shift), shift], -1)
+
+
 class DiscoveryRNN(nn.Module):
     """``q^D``: the AIR-style RNN over free object slots (Eq. 2; SQAIR Alg. 3 lines 5-13)."""
 
@@ -69,8 +84,12 @@ class DiscoveryRNN(nn.Module):
         pres_bias: float = 1.0,
         what_scale_offset: float = 0.0,
         extra_dim: int = 0,
+        centre_glimpses: bool = False,
     ) -> None:
+        """``centre_glimpses``: the model draws each glimpse with its centre of mass at its
+        window's centre, and :attr:`reads_difference` draws them so too."""
         super().__init__()
+        self.centre_glimpses = centre_glimpses
         self.max_objects = max_objects
         self.z_what_dim = z_what_dim
         self.glimpse_size = glimpse_size
@@ -92,6 +111,11 @@ class DiscoveryRNN(nn.Module):
         #: draw too; the first step reads the whole frame's encoding, as AIR's. None: AIR's
         #: reading, the same encoding at every step.
         self.reads_difference: Borrowed | None = None
+        #: The model's glimpse decoder, borrowed, and the Gauss-Newton steps that move each
+        #: new window onto where its object's appearance draws best (:meth:`aligned`);
+        #: None: the where head's window, as the paper's.
+        self.aligns_with: Borrowed | None = None
+        self.align_steps = 0
 
     def forward(
         self,
@@ -157,6 +181,11 @@ class DiscoveryRNN(nn.Module):
             rows = Rows(present)
             h_rows = rows.gather(h)
             loc, scale = self.where_head(h_rows)
+            if self.aligns_with is not None:
+                frame = image if drawn is None else residual(image, drawn)
+                loc = self.aligned(
+                    loc, h_rows, *(rows.gather(x, event_dims=2) for x in (image, frame))
+                )
             z_where = pyro.sample(
                 site("z_where", i),
                 dist.Normal(rows.scatter(loc), rows.scatter(scale, 1.0)).to_event(1).mask(present),
@@ -175,10 +204,37 @@ class DiscoveryRNN(nn.Module):
             )
             if self.reads_difference is not None and i + 1 < self.max_objects:  # read by i + 1
                 one = (z_what.unsqueeze(-2), z_where.unsqueeze(-2), z_pres.unsqueeze(-2))
-                drawn = drawn + draw(self.reads_difference, *one, image.shape[-2:])
+                drawn = drawn + draw(
+                    self.reads_difference, *one, image.shape[-2:], self.centre_glimpses
+                )
             features = rows.scatter(features)
             latents.append(z_pres=z_pres, z_where=z_where, z_what=z_what, features=features)
         return latents.stacked()
+
+    def aligned(
+        self, loc: torch.Tensor, h: torch.Tensor, image: torch.Tensor, frame: torch.Tensor
+    ) -> torch.Tensor:
+        """``loc`` (rows, 4) with its shift moved to where the object's appearance best draws
+        over ``frame`` (rows, H, W; the image less what the objects before drew, where
+        discovery reads the difference, so that they do not pull the window): the what
+        head's mean read from ``image`` through the where head's window (as z_what will be
+        read), decoded, and :func:`shift_aligned` by ``align_steps`` Gauss-Newton steps.
+
+        A departure from the paper, whose window comes from the where head alone. With
+        centred glimpses (:func:`~sqair_pyro.models.likelihood.drawing_transform`) the
+        window must sit on the digit's centre of mass to the pixel, which the where head,
+        reading the whole frame's encoding, places less finely than the glimpse shows it.
+        Measured (docs/results.md, "Centred glimpses"): 21-35 nats of validation bound for a
+        centred MLP-SQAIR over the same run without it; uncentred, none for MLP-SQAIR and 0.4
+        nats a frame for MLP-AIR.
+        """
+        with torch.no_grad():
+            features = self.glimpse_encoder(
+                glimpse(image, where_to_transform(loc), self.glimpse_size)
+            )
+            what, _ = self.what_head(bcat([features, h]))
+            template = self.aligns_with(what)
+        return shift_aligned(loc, template, frame, self.align_steps, self.centre_glimpses)
 
     def step_over(
         self,

@@ -29,12 +29,12 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from sqair_pyro.guides.air import DiscoveryRNN, baseline_options, residual
+from sqair_pyro.guides.air import DiscoveryRNN, baseline_options, residual, shift_aligned
 from sqair_pyro.models.likelihood import draw
 from sqair_pyro.models.state import ObjectState, SlotStack, compact
 from sqair_pyro.nn.modules import MLP, BernoulliHead, Borrowed, GaussianHead, bcat
 from sqair_pyro.nn.rows import Rows
-from sqair_pyro.nn.spatial_transformer import aligned_window, glimpse, place, where_to_transform
+from sqair_pyro.nn.spatial_transformer import glimpse, place, where_to_transform
 
 
 class GatedWhatHead(nn.Module):
@@ -142,6 +142,7 @@ class SQAIRGuide(nn.Module):
         mask_propagated: bool = False,
         decoder: Borrowed | None = None,
         align_steps: int = 0,
+        centre_glimpses: bool = False,
     ) -> None:
         """``step_over_propagated``: discovery's RNN first steps over the propagated objects
         (:meth:`DiscoveryRNN.step_over`, a departure from the paper) as well as reading their
@@ -162,8 +163,11 @@ class SQAIRGuide(nn.Module):
         decoder then also takes gradient through the guide's density, which depends on it
         (docs/results.md, "Propagation that reads what is left"). ``align_steps``: that many
         Gauss-Newton steps move each propagated window onto its object's previous appearance
-        (:meth:`aligned`; needs the decoder)."""
+        (:meth:`aligned`; needs the decoder). ``centre_glimpses``: the model draws each glimpse
+        with its centre of mass at its window's centre, and the guide's readings of the
+        drawing (the residual, the alignment) draw them so too."""
         super().__init__()
+        self.centre_glimpses = centre_glimpses
         if align_steps and decoder is None:
             raise ValueError("propagation_aligns_window needs propagation_reads_residual")
         self.align_steps = align_steps
@@ -269,7 +273,7 @@ class SQAIRGuide(nn.Module):
             last_where = torch.where(keep, z_where, last_where)
             if drawn is not None and i + 1 < state.num_slots:
                 one = (z_what.unsqueeze(-2), z_where.unsqueeze(-2), z_pres.unsqueeze(-2))
-                drawn = drawn + draw(self.decoder, *one, image.shape[-2:])
+                drawn = drawn + draw(self.decoder, *one, image.shape[-2:], self.centre_glimpses)
             latents.append(z_pres=z_pres, z_where=z_where, z_what=z_what)
             temporal_states.append(rows.scatter(temporal))
         return latents.stacked(), torch.stack(temporal_states, dim=-2)
@@ -293,12 +297,13 @@ class SQAIRGuide(nn.Module):
         left it (drawn with the previous frame's z_what a frame errs 20.3 squared units
         instead of 6.9, 10.0 after three steps of this alignment); trained with two steps, the
         KL falls by 10 nats a sequence and identity switches by 11% (docs/results.md, "Where
-        the appearance error sits")."""
+        the appearance error sits").
+        With centred glimpses the template is drawn centred (:func:`drawing_transform`), and
+        the window's centre moves by the shift its drawing moves by.
+        """
         with torch.no_grad():
             template = self.decoder(prev_what)
-            window = aligned_window(where_to_transform(loc), template, frame, self.align_steps)
-            move = torch.cat([torch.zeros_like(loc[..., :2]), window[..., 2:] - loc[..., 2:]], -1)
-        return loc + move
+        return shift_aligned(loc, template, frame, self.align_steps, self.centre_glimpses)
 
     def discover(
         self,
@@ -327,7 +332,9 @@ class SQAIRGuide(nn.Module):
         drawn = None  # what the propagated objects draw, for discovery's difference reading
         if self.discovery.reads_difference is not None and t > 0 and may_discover:
             objects = (propagated[k] for k in ("z_what", "z_where", "z_pres"))
-            drawn = draw(self.discovery.reads_difference, *objects, image.shape[-2:])
+            drawn = draw(
+                self.discovery.reads_difference, *objects, image.shape[-2:], self.centre_glimpses
+            )
         return self.discovery(
             image,
             encoding,

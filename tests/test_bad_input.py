@@ -58,6 +58,8 @@ def files(tiny_data, tmp_path_factory):
     checkpoint("no_model.pt", model=None)
     wider = {**payload["config"], "model": {**payload["config"]["model"], "hidden": 48}}
     checkpoint("mismatch.pt", config=wider)
+    model_section = {**payload["config"]["model"], "centre_glimpses": True}
+    checkpoint("centred.pt", config={**payload["config"], "model": model_section})
     checkpoint("weights_only.pt", optimizer=None)
     nan_guide = dict(payload["guide"])
     first = next(key for key, value in nan_guide.items() if value.is_floating_point())
@@ -185,6 +187,12 @@ CASES = [
      "--size", "100000", "100000"], "must be a positive integer up to 8192", 2),
     ("curves hours -5", lambda p: ["curves", f"{p['ckpt'].parent}:-5", "--out", "c.png"],
      "finite number >= 0", 2),
+    ("evaluate --set an unknown key", lambda p: [*_ev(p), "--set", "no_such_key=1"],
+     "unknown config keys ['no_such_key']", 1),
+    ("evaluate --set an option the model lacks", lambda p: [*_ev(p), "--set",
+     "propagation_aligns_window=2"], "needs SQAIR", 1),
+    ("evaluate --set weights that no longer fit", lambda p: [*_ev(p), "--set", "hidden=48"],
+     "does not match", 1),
     ("evaluate --particles 0", lambda p: [*_ev(p), "--particles", "0"],
      "must be a positive integer", 2),
     ("export-weights over its checkpoint", lambda p: ["export-weights", "--checkpoint",
@@ -273,6 +281,9 @@ BENCHMARK_CASES = [
     ("reconstruction_floor of frames without boxes", "reconstruction_floor", lambda p: [
      "--checkpoint", str(p["ckpt"]), "--data", str(p["frames_only.npz"])],
      "no digits to compare with", 1),
+    ("reconstruction_floor of a centred drawing", "reconstruction_floor", lambda p: [
+     "--checkpoint", str(p["centred.pt"]), "--data", str(p["test"])],
+     "draws its glimpses centred", 1),
     ("reconstruction_floor --glimpse 0 20", "reconstruction_floor", lambda p: ["--glimpse", "0",
      "20"], "must be a positive integer", 2),
     ("appearance_drift of an AIR", "appearance_drift", lambda p: ["--checkpoint",

@@ -340,6 +340,22 @@ def test_command_line_evaluate_and_compare(tiny_data, tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["num_sequences"] == 3 and report["seed"] == 1
     assert report["checkpoint_step"] == 7 and report["data"].endswith("test.npz")
+    assert report["overrides"] == {}
+    # --set rebuilds the programs around the same weights: recorded, and they score otherwise.
+    changed = tmp_path / "changed.json"
+    aligned = ["--set", "discovery_aligns_window=3", "--set", "centre_glimpses=True"]
+    code = main(
+        [*args, str(changed), "--particles", "2", "--sequences", "3", "--seed", "1", *aligned]
+    )
+    assert code == 0
+    capsys.readouterr()
+    other = json.loads(changed.read_text())
+    assert other["overrides"] == {"discovery_aligns_window": 3, "centre_glimpses": True}
+    assert other["config"]["guide"]["discovery_aligns_window"] == 3
+    assert other["config"]["model"]["centre_glimpses"] is True
+    assert other["log_px_given_z"] != pytest.approx(report["log_px_given_z"], abs=1e-3)
+    assert main(["compare", str(changed)]) == 0
+    assert "--set centre_glimpses=True, discovery_aligns_window=3 |" in capsys.readouterr().out
     assert main(["compare", str(out), str(out)]) == 0
     assert capsys.readouterr().out.count(f"| MLP-SQAIR ({checkpoint}) |") == 2
     assert main(["compare", str(tiny_data / "test.npz")]) == 1

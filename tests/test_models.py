@@ -544,3 +544,150 @@ def test_the_sqair_guide_masks_the_propagated_objects_when_asked(on, monkeypatch
     assert masked == []
     with pytest.raises(ValueError, match="needs SQAIR"):
         build(preset("mlp-air", discovery_masks_propagated=True, init_from=None))
+
+
+class _OffCentreBlobs(torch.nn.Module):
+    """A stand-in decoder: a smooth 28x28 blob whose place in the glimpse z_what's first two
+    entries set (in pixels from the glimpse's centre)."""
+
+    def forward(self, z_what: torch.Tensor) -> torch.Tensor:
+        yy, xx = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+        cx, cy = 13.5 + z_what[..., 0, None, None], 13.5 + z_what[..., 1, None, None]
+        return torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 18)
+
+
+_off_centre_blobs = _OffCentreBlobs()
+
+
+def test_centred_glimpses_are_drawn_read_aligned_and_boxed_alike(monkeypatch):
+    """``centre_glimpses`` reaches the likelihood and every reading of the drawing in the
+    guides (the residual, the difference, the alignment); the canvas then holds each object
+    with its centre of mass on its window's centre whatever z_what says, where the paper's
+    drawing moves with z_what; the propagated window's alignment finds, from 1 px off, the
+    window whose centred drawing is the frame (to 0.01 px); the content boxes of
+    :func:`predicted_boxes` are those of the rendered canvas; the VRNN refuses the option."""
+    from sqair_pyro.evaluate import predicted_boxes
+    from sqair_pyro.nn.modules import Borrowed
+    from sqair_pyro.nn.spatial_transformer import (
+        centre_of_mass,
+        centred,
+        place,
+        where_to_transform,
+    )
+
+    config = preset("mlp-sqair", hidden=32, z_what_dim=8, init_from=None,
+                    propagation_reads_residual=True, discovery_reads_difference=True,
+                    propagation_aligns_window=6, decoder_glimpse_size=(28, 28))  # fmt: skip
+    with pytest.raises(ValueError, match="centre_glimpses needs AIR or SQAIR"):
+        build(preset("mlp-vrnn", centre_glimpses=True))
+    for name in ("mlp-sqair", "mlp-air"):
+        base = config if name == "mlp-sqair" else preset(name, init_from=None)
+        model, guide = build(base.replace(centre_glimpses=True))
+        assert model.likelihood.centre_glimpses and guide.discovery.centre_glimpses
+    model, guide = build(config.replace(centre_glimpses=True))
+    assert guide.centre_glimpses
+    import sqair_pyro.guides.air as air_guide
+    import sqair_pyro.guides.sqair as sqair_guide
+    from sqair_pyro.models.likelihood import draw
+
+    readings = []  # the centring of every drawing the guide reads (residual, difference)
+
+    def recorded(decoder, z_what, z_where, z_pres, size, centre=False):
+        readings.append(centre)
+        return draw(decoder, z_what, z_where, z_pres, size, centre)
+
+    for module in (air_guide, sqair_guide):
+        monkeypatch.setattr(module, "draw", recorded)
+    pyro.set_rng_seed(0)
+    with torch.no_grad():
+        guide(torch.rand(4, 3, 50, 50))
+    assert len(readings) > 2 and all(readings)
+    monkeypatch.undo()
+    plain, _ = build(config)
+    z_what = torch.zeros(2, 1, 8)
+    z_what[0, 0, :2] = torch.tensor([4.0, -3.0])  # drawn 4 px right of and 3 px above centre
+    z_where = torch.tensor([[[0.3, -0.2, 0.1, -0.2]], [[0.0, 0.4, -0.3, 0.3]]])
+    window = where_to_transform(z_where)
+    z_pres = torch.ones(2, 1, 1)
+    for m, centred_drawing in ((model, True), (plain, False)):
+        m.likelihood.decoder = _off_centre_blobs
+        canvas = m.likelihood.render(z_what, z_where, z_pres)
+        offset = (
+            0 if centred_drawing else window[..., :2] * centre_of_mass(_off_centre_blobs(z_what))
+        )
+        torch.testing.assert_close(centre_of_mass(canvas), (window[..., 2:] + offset)[:, 0],
+                                   atol=1e-3, rtol=0)  # fmt: skip
+        latents = {
+            "z_what": z_what[:, None],
+            "z_where": z_where[:, None],
+            "z_pres": z_pres[:, None],
+        }
+        boxes, _ = predicted_boxes(m, latents, (50, 50), mode="content")
+        drawn = canvas > 0.1
+        rows, cols = drawn.any(-1).nonzero(), drawn.any(-2).nonzero()
+        for b in range(2):
+            r, c = rows[rows[:, 0] == b, 1], cols[cols[:, 0] == b, 1]
+            expected = torch.stack([c.min(), r.min(), c.max() - c.min() + 1, r.max() - r.min() + 1])
+            torch.testing.assert_close(boxes[b, 0, 0], expected.float())
+    guide.decoder = Borrowed(_off_centre_blobs)
+    drawn_glimpses = _off_centre_blobs(z_what[:, 0])
+    frame = place(drawn_glimpses, centred(window[:, 0], drawn_glimpses), (50, 50))
+    start = z_where[:, 0] + torch.tensor([0.0, 0.0, 0.04, -0.04])
+    aligned = guide.aligned(start, z_what[:, 0], frame)
+    torch.testing.assert_close(aligned[:, :2], start[:, :2])
+    torch.testing.assert_close(aligned[:, 2:], z_where[:, 0, 2:], atol=4e-4, rtol=0)
+
+
+@pytest.mark.parametrize("centre", [False, True])
+def test_discovery_aligns_each_new_window_on_its_appearance(centre):
+    """``discovery_aligns_window``: from a window 1 px off in x and y, the new object's
+    window moves (its shift, not its scale) to where the appearance the what head reads there
+    draws the frame, drawn as the model draws it (centred or not), to 0.01 px; with no steps
+    it stays. In the programs the discovered windows' posterior means move while the where
+    head's gradient is as without (no gradient through the move); the option needs AIR or
+    SQAIR and a count >= 0."""
+    from sqair_pyro.nn.modules import Borrowed
+    from sqair_pyro.nn.spatial_transformer import centred, place, where_to_transform
+
+    config = preset("mlp-air", hidden=32, z_what_dim=8, init_from=None, centre_glimpses=centre,
+                    decoder_glimpse_size=(28, 28), discovery_aligns_window=6)  # fmt: skip
+    _, guide = build(config)
+    discovery = guide.discovery
+    assert discovery.align_steps == 6 and discovery.aligns_with is not None
+    discovery.aligns_with = Borrowed(_off_centre_blobs)
+    code = torch.tensor([3.0, -2.0, 0, 0, 0, 0, 0, 0])  # the blob 3 px right, 2 px up
+    with torch.no_grad():
+        last = discovery.what_head.net[-1]
+        last.weight.zero_()
+        last.bias[:8] = code
+    true = torch.tensor([[0.3, -0.2, 0.1, -0.2], [0.1, 0.2, -0.3, 0.3]])
+    template = _off_centre_blobs(code.expand(2, 8))
+    window = where_to_transform(true)
+    drawing = centred(window, template) if centre else window
+    frame = place(template, drawing, (50, 50))
+    start = true + torch.tensor([0.0, 0.0, 0.04, -0.04])
+    h = torch.zeros(2, 32)
+    moved = discovery.aligned(start, h, frame, frame)
+    torch.testing.assert_close(moved[:, :2], start[:, :2])
+    torch.testing.assert_close(moved[:, 2:], true[:, 2:], atol=4e-4, rtol=0)
+    discovery.align_steps = 0
+    torch.testing.assert_close(discovery.aligned(start, h, frame, frame), start)
+
+    images = torch.rand(4, 3, 50, 50)
+    traces = {}
+    for steps in (0, 2):
+        torch.manual_seed(0)
+        _, g = build(config.replace(discovery_aligns_window=steps, discovery_pres_bias=4.0))
+        pyro.set_rng_seed(0)
+        trace = pyro.poutine.trace(g).get_trace(images)
+        where = trace.nodes["z_where_0"]["fn"].base_dist.base_dist.loc
+        where.sum().backward()
+        traces[steps] = (where, g.discovery.where_head.net[-1].bias.grad)
+    (plain_loc, plain_grad), (aligned_loc, aligned_grad) = traces[0], traces[2]
+    torch.testing.assert_close(plain_loc[..., :2], aligned_loc[..., :2])
+    assert not torch.allclose(plain_loc[..., 2:], aligned_loc[..., 2:])
+    torch.testing.assert_close(plain_grad, aligned_grad)
+    with pytest.raises(ValueError, match="needs AIR or SQAIR"):
+        build(preset("mlp-vrnn", discovery_aligns_window=1))
+    with pytest.raises(ValueError, match="discovery_aligns_window must be >= 0"):
+        config.replace(discovery_aligns_window=-1)

@@ -237,3 +237,31 @@ def test_aligned_window_fits_the_scale_when_asked():
     grid = aligned_window(start.expand(3, 2, 4), _blob(2).expand(3, 2, 20, 20),
                           image.expand(3, 2, 50, 50), 3, fit_scale=True)  # fmt: skip
     torch.testing.assert_close(grid, batched.expand(3, 2, 4), atol=0, rtol=0)
+
+
+def test_centre_of_mass_and_the_centred_drawing():
+    """The centre of mass of a glimpse with one lit pixel is that pixel's centre in the
+    glimpse's normalised coordinates, of two pixels their weighted mean, of an empty glimpse
+    (0, 0); drawn through :func:`centred` a glimpse's mass lands with its centre on the
+    window's centre (to 1e-3 of the half-canvas, 0.025 px: placement samples the glimpse at
+    the canvas's pixels, it does not integrate it), wherever it sits in the glimpse,
+    while the plain window draws it off centre by ``s c``; the scale is kept."""
+    from sqair_pyro.nn.spatial_transformer import centre_of_mass, centred
+
+    g = torch.zeros(3, 10, 8)
+    g[0, 2, 5] = 1.0  # row 2, column 5
+    g[1, 2, 5], g[1, 6, 1] = 3.0, 1.0
+    expected = torch.tensor([[(2 * 5 + 1) / 8 - 1, (2 * 2 + 1) / 10 - 1],
+                             [(3 * 11 / 8 + 3 / 8) / 4 - 1, (3 * 5 / 10 + 13 / 10) / 4 - 1],
+                             [0.0, 0.0]])  # fmt: skip
+    torch.testing.assert_close(centre_of_mass(g), expected)
+    yy, xx = torch.meshgrid(torch.arange(20.0), torch.arange(20.0), indexing="ij")
+    off = torch.exp(-((yy - 12.5) ** 2 + (xx - 5.5) ** 2) / 8).expand(2, 20, 20)
+    window = torch.tensor([[0.4, 0.5, 0.1, -0.2], [0.3, 0.3, -0.3, 0.3]])
+    for transform, moved in ((centred(window, off), False), (window, True)):
+        canvas = place(off, transform, (50, 50))
+        drawn = centre_of_mass(canvas)
+        target = window[:, 2:] + (window[:, :2] * centre_of_mass(off) if moved else 0)
+        torch.testing.assert_close(drawn, target, atol=1e-3, rtol=0)
+    assert (centre_of_mass(off).abs() > 0.2).all()
+    torch.testing.assert_close(centred(window, off)[:, :2], window[:, :2])

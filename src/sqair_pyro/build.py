@@ -59,7 +59,9 @@ def gru_propagation_prior(config: Config) -> PropagationPrior:
 @register("likelihood", "additive_st")
 def additive_st_likelihood(config: Config, decoder: nn.Module) -> AdditiveSTLikelihood:
     """Glimpses decoded, placed by a spatial transformer and added (Alg. 1, Eq. 1)."""
-    return AdditiveSTLikelihood(decoder, config.image_size, config.obs_sd)
+    return AdditiveSTLikelihood(
+        decoder, config.image_size, config.obs_sd, centre_glimpses=config.centre_glimpses
+    )
 
 
 @register("networks", "mlp")
@@ -156,7 +158,7 @@ def discovery_rnn(
     extra_dim: int,
 ) -> DiscoveryRNN:
     """AIR's inference RNN, which is also SQAIR's discovery (with ``extra_dim`` inputs)."""
-    return DiscoveryRNN(
+    discovery = DiscoveryRNN(
         glimpse_encoder=glimpse_encoder,
         input_dim=image_encoder.out_dim,
         extra_dim=extra_dim,
@@ -167,7 +169,10 @@ def discovery_rnn(
         where_init=what_where.where_loc,
         what_scale_offset=config.what_scale_offset,
         pres_bias=config.discovery_pres_bias,
+        centre_glimpses=config.centre_glimpses,
     )
+    discovery.align_steps = config.discovery_aligns_window
+    return discovery
 
 
 def what_where_prior(config: Config) -> WhatWherePrior:
@@ -189,7 +194,11 @@ SQAIR_GUIDE_OPTIONS = (
     "propagation_aligns_window",
 )
 #: The guide options of the object models, AIR's and SQAIR's.
-OBJECT_GUIDE_OPTIONS = ("discovery_reads_difference", *SQAIR_GUIDE_OPTIONS)
+OBJECT_GUIDE_OPTIONS = (
+    "discovery_reads_difference",
+    "discovery_aligns_window",
+    *SQAIR_GUIDE_OPTIONS,
+)
 
 
 def borrowed_decoder(config: Config, option: str, decoder: nn.Module | None) -> Borrowed | None:
@@ -202,10 +211,21 @@ def borrowed_decoder(config: Config, option: str, decoder: nn.Module | None) -> 
     return Borrowed(decoder)
 
 
+def object_likelihood(config: Config, decoder: nn.Module) -> nn.Module:
+    """The registered ``config.likelihood`` of an object model around ``decoder``; one that
+    does not draw as ``centre_glimpses`` says is refused (the guides read the drawing so)."""
+    likelihood = component("likelihood", config.likelihood)(config, decoder)
+    if config.centre_glimpses and not getattr(likelihood, "centre_glimpses", False):
+        raise ValueError(
+            f"centre_glimpses needs a likelihood that centres, not {config.likelihood!r}"
+        )
+    return likelihood
+
+
 @register("model", "air")
 def air_model(config: Config, decoder: nn.Module) -> AIRModel:
     """AIR (Eslami et al. 2016) as SQAIR's discovery alone: each frame on its own."""
-    likelihood = component("likelihood", config.likelihood)(config, decoder)
+    likelihood = object_likelihood(config, decoder)
     prior = component("discovery_prior", config.discovery_prior)(config)
     return AIRModel(config.max_objects, prior, what_where_prior(config), likelihood)
 
@@ -220,6 +240,7 @@ def air_guide(
             raise ValueError(f"{name} needs SQAIR: AIR propagates nothing")
     discovery = discovery_rnn(config, glimpse_encoder, image_encoder, what_where_prior(config), 0)
     discovery.reads_difference = borrowed_decoder(config, "discovery_reads_difference", decoder)
+    discovery.aligns_with = borrowed_decoder(config, "discovery_aligns_window", decoder)
     if config.objective == "tracegraph":
         discovery.baseline = baseline_network(config)
     return AIRGuide(image_encoder, discovery)
@@ -228,7 +249,7 @@ def air_guide(
 @register("model", "sqair")
 def sqair_model(config: Config, decoder: nn.Module) -> SQAIRModel:
     """SQAIR's generative model: propagation then discovery in every frame (Eq. 3-10)."""
-    likelihood = component("likelihood", config.likelihood)(config, decoder)
+    likelihood = object_likelihood(config, decoder)
     return SQAIRModel(
         config.max_objects,
         component("discovery_prior", config.discovery_prior)(config),
@@ -265,6 +286,7 @@ def sqair_guide(
             "the frame after the first: choose one"
         )
     discovery.reads_difference = borrowed_decoder(config, "discovery_reads_difference", decoder)
+    discovery.aligns_with = borrowed_decoder(config, "discovery_aligns_window", decoder)
     if config.objective == "tracegraph":
         discovery.baseline = baseline_network(config)
         propagation.baseline = baseline_network(config)
@@ -279,12 +301,15 @@ def sqair_guide(
         mask_propagated=config.discovery_masks_propagated,
         decoder=borrowed_decoder(config, "propagation_reads_residual", decoder),
         align_steps=config.propagation_aligns_window,
+        centre_glimpses=config.centre_glimpses,
     )
 
 
 @register("model", "vrnn")
 def vrnn_model(config: Config, decoder: VRNNDecoder) -> VRNNModel:
     """The VRNN baseline (Chung et al. 2015; App. D.3), around its networks' decoder."""
+    if config.centre_glimpses:
+        raise ValueError("centre_glimpses needs AIR or SQAIR: the VRNN draws no glimpses")
     return VRNNModel(decoder, config.hidden, decoder.core.layers, config.obs_sd)
 
 

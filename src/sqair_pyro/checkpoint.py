@@ -8,6 +8,7 @@ import pickle
 import tempfile
 import warnings
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -246,15 +247,27 @@ def load_weights(path: str | os.PathLike, name: str, module: nn.Module, state: A
 
 
 def load_checkpoint(
-    path: str | os.PathLike, map_location: str = "cpu"
+    path: str | os.PathLike,
+    map_location: str = "cpu",
+    overrides: Mapping[str, Any] | None = None,
 ) -> tuple[Config, nn.Module, nn.Module, dict[str, Any]]:
-    """Rebuild ``(config, model, guide, payload)`` from a checkpoint file alone."""
+    """Rebuild ``(config, model, guide, payload)`` from a checkpoint file alone; with
+    ``overrides``, config fields changed first (e.g. a guide option switched on over trained
+    weights: the weights must still fit the programs it builds)."""
     payload = read_checkpoint(path, map_location)
     try:
         config = Config.from_dict(payload["config"])
-        model, guide = build(config)
     except (KeyError, ValueError, TypeError, AttributeError) as error:
         raise CheckpointError(f"checkpoint {path} holds an invalid config: {error}") from error
+    if overrides:
+        config = config.replace(**overrides)  # ValueError names a key or value it refuses
+    try:
+        model, guide = build(config)
+    except (KeyError, ValueError, TypeError, AttributeError) as error:
+        changed = f" with {dict(overrides)}" if overrides else ""
+        raise CheckpointError(
+            f"checkpoint {path}{changed} holds an invalid config: {error}"
+        ) from error
     load_weights(path, "model", model, payload["model"])
     load_weights(path, "guide", guide, payload["guide"])
     return config, model.to(map_location), guide.to(map_location), payload

@@ -84,6 +84,10 @@ class Config:
     # average, a 28x28 one 0.8; from the 20x20 weights, 28x28 gained 25-31 nats of validation
     # bound over the same restart (docs/results.md, "A finer decoded glimpse").
     decoder_glimpse_size: tuple[int, int] | None = None
+    # Draw each decoded glimpse with its centre of mass at its window's centre, so that where
+    # the object is belongs to z_where alone (models/likelihood.py, drawing_transform; the
+    # guide's readings of the drawing follow): a departure from the paper.
+    centre_glimpses: bool = False
     max_objects: int = 3
     z_what_dim: int = 50
     hidden: int = 256
@@ -123,6 +127,9 @@ class Config:
     # Discovery's RNN reads, at each step after the first, the encoding of the frame less
     # what the objects found so far draw (DAIR, Eslami et al. 2016; guides/air.py).
     discovery_reads_difference: bool = False
+    # Gauss-Newton steps that move each new window onto where its object's appearance draws
+    # best (guides/air.py, DiscoveryRNN.aligned): a departure from the paper; 0: off.
+    discovery_aligns_window: int = 0
     # Posterior scale offsets (softplus(raw + offset)): small initial variance, as in the
     # authors' original implementation.
     what_scale_offset: float = 0.0
@@ -220,6 +227,7 @@ class Config:
             ("kl_weights", all(v > 0 for v in self.kl_weights.values()), "> 0 each"),
             ("kl_anneal_steps", self.kl_anneal_steps >= 0, ">= 0"),
             ("propagation_aligns_window", self.propagation_aligns_window >= 0, ">= 0"),
+            ("discovery_aligns_window", self.discovery_aligns_window >= 0, ">= 0"),
             ("presence_exploration", exploration_problem is None, exploration_problem),
             ("baseline_lr", self.baseline_lr > 0, "> 0"),
             (
@@ -293,7 +301,8 @@ class Config:
 #: The fields of the model and guide sections (all others are training settings).
 SECTIONS: dict[str, tuple[str, ...]] = {
     "model": (
-        "model", "encoder", "image_size", "glimpse_size", "decoder_glimpse_size", "max_objects",
+        "model", "encoder", "image_size", "glimpse_size", "decoder_glimpse_size",
+        "centre_glimpses", "max_objects",
         "z_what_dim", "hidden",
         "obs_sd", "discovery_prior", "geometric_rho", "categorical_init_rho",
         "where_scale_logit", "where_scale_sd", "where_shift_sd", "where_slot_shift_y",
@@ -309,6 +318,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "propagation_reads_residual",
         "propagation_aligns_window",
         "discovery_reads_difference",
+        "discovery_aligns_window",
         "what_scale_offset",
     ),
 }  # fmt: skip

@@ -47,8 +47,9 @@ from sqair_pyro.data import (
     split_file,
 )
 from sqair_pyro.infer import estimate_log_px
+from sqair_pyro.models.likelihood import drawing_transform
 from sqair_pyro.nn.precision import keep_float32_outputs, matmul_precision
-from sqair_pyro.nn.spatial_transformer import place, where_to_transform
+from sqair_pyro.nn.spatial_transformer import place
 from sqair_pyro.predict import boxes_and_ids, replayed
 from sqair_pyro.tracking import new_objects_per_frame, tracking_metrics
 
@@ -160,7 +161,9 @@ def predicted_boxes(
     if likelihood is None:
         raise ValueError("box mode 'content' needs a model with a likelihood.decoder")
     glimpses = likelihood.decoder(latents["z_what"])  # (..., N, h, w)
-    drawn = place(glimpses, where_to_transform(latents["z_where"]), image_size) > threshold
+    centre = getattr(likelihood, "centre_glimpses", False)
+    transform = drawing_transform(glimpses, latents["z_where"], centre)
+    drawn = place(glimpses, transform, image_size) > threshold
     rows, cols = drawn.any(-1), drawn.any(-2)  # (..., N, H), (..., N, W)
     y0, y1 = _span(rows)
     x0, x1 = _span(cols)
@@ -452,23 +455,30 @@ def evaluate(
 
 
 def evaluate_checkpoint(
-    path: str | os.PathLike, data_path: str | os.PathLike, **kwargs: Any
+    path: str | os.PathLike,
+    data_path: str | os.PathLike,
+    overrides: Mapping[str, Any] | None = None,
+    **kwargs: Any,
 ) -> dict[str, Any]:
     """:func:`evaluate` a checkpoint file on a data file (a directory means its ``test.npz``).
 
-    Keyword arguments go to :func:`evaluate`. Raises ``CheckpointError`` for a file that is not
-    a sqair-pyro checkpoint, ``FileNotFoundError``/``ValueError`` for bad data.
+    ``overrides``: config fields changed before the programs are built around the trained
+    weights (e.g. a guide option switched on untrained), recorded in the report. Keyword
+    arguments go to :func:`evaluate`. Raises ``CheckpointError`` for a file that is not a
+    sqair-pyro checkpoint (or whose weights do not fit the changed programs),
+    ``FileNotFoundError``/``ValueError`` for bad data or a refused override.
     """
     from sqair_pyro.checkpoint import load_checkpoint
 
     data_path = split_file(data_path, "test")
     device = str(kwargs.get("device", "cpu"))
-    config, model, guide, payload = load_checkpoint(path, map_location=device)
+    config, model, guide, payload = load_checkpoint(path, device, overrides)
     arrays = load_npz(data_path)
     kwargs.setdefault("checkpoint", str(path))
     kwargs.setdefault("data", str(data_path))
     report = evaluate(model, guide, config, arrays, **kwargs)
     report["checkpoint_step"] = payload.get("step")
+    report["overrides"] = dict(overrides or {})
     return report
 
 
@@ -569,6 +579,9 @@ def markdown_table(reports: list[Mapping[str, Any]], paper: bool = True) -> str:
             name = f"{name}, log p(x) in bfloat16 products"
         if report.get("proxy_ground_truth"):
             name = f"{name}, proxy ground truth"
+        if report.get("overrides"):
+            changed = ", ".join(f"{k}={v}" for k, v in report["overrides"].items())
+            name = f"{name}, --set {changed}"
         cells = [_fmt(report.get(key), digits) for _, key, digits in _COLUMNS]
         lines.append("| " + " | ".join([name, *cells]) + " |")
     if paper:

@@ -165,6 +165,7 @@ WARM_START_FIELDS = (
     "where_shift_sd",
     "where_slot_shift_y",
     "discovery_reads_difference",
+    "centre_glimpses",
 )
 
 

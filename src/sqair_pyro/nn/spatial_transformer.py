@@ -19,6 +19,8 @@ extraction uses ``grid_sample`` (faster in that direction) on a grid built per a
   resolution.
 - :func:`aligned_window`: the shift (and scale) that best draws a glimpse over an image
   (Gauss-Newton).
+- :func:`centre_of_mass` / :func:`centred`: a glimpse's centre of mass, and the transform that
+  draws it there at the window's centre.
 - :func:`where_to_transform`: the latent (unconstrained) z_where to ``(s_x, s_y, t_x, t_y)``.
 - :func:`z_where_to_boxes` / :func:`boxes_to_z_where`: the one place that converts between
   ``z_where`` and pixel boxes ``(x, y, width, height)``.
@@ -166,6 +168,27 @@ def aligned_window(
             if fit_scale:
                 where[..., :2] = where[..., :2].clamp(0.01, 0.99)
     return where
+
+
+def centre_of_mass(glimpses: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``c = sum_u g(u) u / sum_u g(u)``: the centre of mass of each glimpse (..., h, w) in its
+    own normalised coordinates ``(u_x, u_y)``, (..., 2); ``(0, 0)`` is the glimpse's centre.
+    Intensities must be non-negative; an empty glimpse (mass below ``eps``) has its centre
+    at ``(0, 0)``."""
+    height, width = glimpses.shape[-2:]
+    mass = glimpses.sum((-2, -1))
+    u_x = (glimpses.sum(-2) * _pixel_centres(width, glimpses)).sum(-1)
+    u_y = (glimpses.sum(-1) * _pixel_centres(height, glimpses)).sum(-1)
+    centre = torch.stack([u_x, u_y], -1) / mass.clamp(min=eps).unsqueeze(-1)
+    return torch.where((mass > eps).unsqueeze(-1), centre, torch.zeros_like(centre))
+
+
+def centred(transform: torch.Tensor, glimpses: torch.Tensor) -> torch.Tensor:
+    """The transform ``(s_x, s_y, t_x - s_x c_x, t_y - s_y c_y)`` that draws each glimpse
+    with its :func:`centre_of_mass` ``c`` at the centre ``t`` of the window ``transform``
+    (..., 4) describes, its scale kept; glimpses (..., h, w) broadcast with it."""
+    offset = transform[..., :2] * centre_of_mass(glimpses)
+    return torch.cat([transform[..., :2], transform[..., 2:] - offset], dim=-1)
 
 
 def resampling_matrix(old: tuple[int, int], new: tuple[int, int]) -> torch.Tensor:
