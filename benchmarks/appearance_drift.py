@@ -39,9 +39,9 @@ from pyro import poutine
 from torch.distributions import Normal, kl_divergence
 
 from sqair_pyro.cli import positive_int
+from sqair_pyro.models.likelihood import drawing_transform
 from sqair_pyro.nn.spatial_transformer import (
     aligned_window,
-    centred,
     place,
     where_to_transform,
     z_where_to_boxes,
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     if pairs:
         b, t, k, d, first = (np.array(column) for column in zip(*pairs, strict=True))
         canvas = tuple(images.shape[-2:])
-        windows = where_to_transform(latents["z_where"][b, t, k])
+        where = latents["z_where"][b, t, k]
         what = latents["z_what"]
 
         def error(drawn_through: torch.Tensor, glimpses: torch.Tensor) -> float:
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
 
         def drawing(glimpses: torch.Tensor) -> torch.Tensor:
             """The windows as the model draws ``glimpses`` through them (centred or not)."""
-            return centred(windows, glimpses) if model.likelihood.centre_glimpses else windows
+            return drawing_transform(glimpses, where, model.likelihood.centre_glimpses)
 
         with torch.no_grad():
             glimpses = {"own": t, "previous": t - 1, "first_of_run": first}

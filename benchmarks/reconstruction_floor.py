@@ -253,11 +253,6 @@ def one_object_frames(args: argparse.Namespace, data: Path, sequences: int) -> d
     digits' pixel boxes, whether each digit is wholly in view (``inside``), and the
     placement matrices ``b_y``, ``b_x`` of the decoded glimpse through the windows."""
     args = argparse.Namespace(**{**vars(args), "data": data, "sequences": sequences})
-    if Config.from_dict(read_checkpoint(args.checkpoint)["config"]).centre_glimpses:
-        raise ValueError(
-            f"{args.checkpoint} draws its glimpses centred (centre_glimpses); the floors "
-            "place glimpses through fixed windows, as the paper draws"
-        )
     config, model, _, arrays, images, model_error, latents = reconstructed_sequences(
         args, ("boxes", "visible"), "no digits to compare with", VARIANTS["both_at_mean"]
     )
@@ -433,6 +428,11 @@ def main(argv: list[str] | None = None) -> None:
         or (args.refit_out.exists() and args.refit_out.samefile(args.checkpoint))
     ):
         parser.error(f"--refit-out {args.refit_out}: a directory or the checkpoint itself")
+    if Config.from_dict(read_checkpoint(args.checkpoint)["config"]).centre_glimpses:
+        raise ValueError(
+            f"{args.checkpoint} draws its glimpses centred (centre_glimpses); the floors "
+            "place glimpses through fixed windows, as the paper draws"
+        )
     test = one_object_frames(args, args.data, args.sequences)
     config, canvas, pixels = test["config"], test["canvas"], test["pixels"]
     windows, inside, digit_boxes = test["windows"], test["inside"], test["digit_boxes"]
