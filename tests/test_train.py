@@ -760,3 +760,43 @@ def test_a_warm_start_into_a_finer_decoder_resamples_its_output_layer(tiny_data,
         torch.testing.assert_close(finer.net(z_what), expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="decoder_glimpse_size needs networks"):
         build(small_config("conv-air", decoder_glimpse_size=[28, 28]))
+
+
+def test_a_warm_start_into_a_finer_read_glimpse_resamples_the_encoders_input(tiny_data, tmp_path):
+    """init_from weights whose guide read 20x20 glimpses into one that reads 28x28 (it warns):
+    the glimpse encoder, shared by propagation and discovery, reads a 28x28 glimpse exactly as
+    the trained one read that glimpse resampled to 20x20 (``resampling_matrix``), under both
+    of its names; the frame encoder, which reads no glimpse, copies as it is."""
+    from sqair_pyro.nn.spatial_transformer import resampling_matrix
+
+    sqair = train(small_config("mlp-sqair", num_steps=1), tiny_data, tmp_path, progress=False)
+    with pytest.warns(UserWarning, match="read 20x20 glimpses, this one reads 28x28"):
+        trainer = Trainer(
+            small_config(
+                "mlp-sqair",
+                init_from=str(sqair),
+                glimpse_size=[28, 28],
+                decoder_glimpse_size=[20, 20],  # the decoder draws as before
+            )
+        )
+    trained = load_checkpoint(sqair)[2]
+    old, new = trained.propagation.glimpse_encoder, trainer.guide.propagation.glimpse_encoder
+    assert new is trainer.guide.discovery.glimpse_encoder and new.glimpse_size == (28, 28)
+    for alias in ("propagation", "discovery"):
+        assert f"guide.{alias}.glimpse_encoder.net.0.weight" in trainer.initialised
+    glimpses = torch.rand(5, 28, 28)
+    resample = resampling_matrix((28, 28), (20, 20))
+    coarse = (glimpses.flatten(-2) @ resample.T).unflatten(-1, (20, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(new(glimpses), old(coarse), rtol=1e-5, atol=1e-5)
+    # the same when evaluate rebuilds the trained programs with the setting (--set)
+    with pytest.warns(UserWarning, match="read 20x20 glimpses, this one reads 28x28"):
+        switched = load_checkpoint(
+            sqair, overrides={"glimpse_size": [28, 28], "decoder_glimpse_size": [20, 20]}
+        )[2]
+    with torch.no_grad():
+        torch.testing.assert_close(switched.discovery.glimpse_encoder(glimpses), new(glimpses))
+        frames = torch.rand(2, 50, 50)
+        torch.testing.assert_close(
+            trainer.guide.image_encoder(frames), trained.image_encoder(frames)
+        )

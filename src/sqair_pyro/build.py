@@ -33,6 +33,7 @@ from sqair_pyro.nn.modules import (
     EncoderMLP,
     GlimpseDecoderMLP,
     GlimpseDecoderSubpixel,
+    GlimpseEncoderMLP,
     SharedCNN,
 )
 from sqair_pyro.registry import component, import_module, register, spec
@@ -71,7 +72,7 @@ def mlp_networks(config: Config) -> tuple[nn.Module, nn.Module, nn.Module]:
     hidden = config.hidden
     return (
         EncoderMLP(config.image_size, [hidden, hidden]),
-        EncoderMLP(config.glimpse_size, [hidden, hidden]),
+        GlimpseEncoderMLP(config.glimpse_size, [hidden, hidden]),
         GlimpseDecoderMLP(config.z_what_dim, [hidden] * 3, config.decoded_glimpse),
     )
 

@@ -246,6 +246,18 @@ def load_weights(path: str | os.PathLike, name: str, module: nn.Module, state: A
         ) from error
 
 
+def resample_glimpse_layers(module: nn.Module, state: dict[str, Any], trained: Config) -> None:
+    """Resample, in ``state`` (weights of ``module`` trained under ``trained``), every layer
+    that reads or draws glimpses of another size than ``module``'s: each submodule with a
+    ``resample_state(state, prefix, trained_size)`` (the MLP glimpse decoder's output layer,
+    the MLP glimpse encoder's input layer) under each name it is shared by, given the size in
+    the field of ``trained`` that its ``resampled_from`` names (a decoder's, by default)."""
+    for name, sub in module.named_modules(remove_duplicate=False):
+        if hasattr(sub, "resample_state"):
+            field = getattr(sub, "resampled_from", "decoded_glimpse")
+            sub.resample_state(state, f"{name}.", getattr(trained, field))
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     map_location: str = "cpu",
@@ -253,12 +265,14 @@ def load_checkpoint(
 ) -> tuple[Config, nn.Module, nn.Module, dict[str, Any]]:
     """Rebuild ``(config, model, guide, payload)`` from a checkpoint file alone; with
     ``overrides``, config fields changed first (e.g. a guide option switched on over trained
-    weights: the weights must still fit the programs it builds)."""
+    weights: the weights must still fit the programs it builds, but a glimpse of another size
+    is resampled, :func:`resample_glimpse_layers`)."""
     payload = read_checkpoint(path, map_location)
     try:
         config = Config.from_dict(payload["config"])
     except (KeyError, ValueError, TypeError, AttributeError) as error:
         raise CheckpointError(f"checkpoint {path} holds an invalid config: {error}") from error
+    trained = config
     if overrides:
         config = config.replace(**overrides)  # ValueError names a key or value it refuses
     try:
@@ -268,6 +282,9 @@ def load_checkpoint(
         raise CheckpointError(
             f"checkpoint {path}{changed} holds an invalid config: {error}"
         ) from error
+    if overrides:
+        resample_glimpse_layers(model, payload["model"], trained)
+        resample_glimpse_layers(guide, payload["guide"], trained)
     load_weights(path, "model", model, payload["model"])
     load_weights(path, "guide", guide, payload["guide"])
     return config, model.to(map_location), guide.to(map_location), payload

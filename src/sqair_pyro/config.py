@@ -77,6 +77,9 @@ class Config:
     guide: str | dict[str, Any] = ""  # "": the guide registered under the model's name
     encoder: str | dict[str, Any] = "mlp"  # the networks: "mlp", "conv", "mlp_vrnn", ...
     image_size: tuple[int, int] = (50, 50)
+    # The glimpse the guide reads through each window (h, w): the paper's 20x20. A warm start
+    # into another size resamples the MLP glimpse encoder's input layer; measured, reading
+    # 28x28 instead gained nothing (docs/results.md, "A finer read glimpse").
     glimpse_size: tuple[int, int] = (20, 20)
     # The MLP decoder's glimpse (h, w), which it draws through each window; None: glimpse_size
     # (the paper). A finer one is a departure: through the windows MLP-SQAIR learns (1.3-1.5x

@@ -28,7 +28,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sqair_pyro.build import build
-from sqair_pyro.checkpoint import CheckpointError, load_weights, read_checkpoint, save_checkpoint
+from sqair_pyro.checkpoint import (
+    CheckpointError,
+    load_weights,
+    read_checkpoint,
+    resample_glimpse_layers,
+    save_checkpoint,
+)
 from sqair_pyro.config import Config
 from sqair_pyro.data import available, check_frames, load_npz, split_file
 from sqair_pyro.distributed import (
@@ -183,8 +189,9 @@ def warm_start(
     discovery RNN, which also reads the propagated objects' summary after AIR's inputs) gets
     the checkpoint's columns first and zeros for the new inputs, so it starts as AIR's.
 
-    Given this run's ``config``, a glimpse decoder that draws glimpses of another size than the
-    checkpoint's gets its output layer resampled (``resample_state``), and it warns where the
+    Given this run's ``config``, a glimpse decoder that draws, or an MLP glimpse encoder that
+    reads, glimpses of another size than the checkpoint's gets its output or input layer
+    resampled (:func:`~sqair_pyro.checkpoint.resample_glimpse_layers`), and it warns where the
     checkpoint was trained under another discovery prior or discovery reading
     (:data:`WARM_START_FIELDS`): measured, a SQAIR run with ``where_slot_shift_y=3`` from an
     AIR trained with 0 counted 0.984 where the matching prior counted 0.991 (docs/results.md,
@@ -211,9 +218,8 @@ def warm_start(
                 )
     copied = []
     for prefix, module in (("model", model), ("guide", guide)):
-        for name, sub in module.named_modules():  # a decoder of another glimpse size
-            if trained is not None and hasattr(sub, "resample_state"):
-                sub.resample_state(payload[prefix], f"{name}.", trained.decoded_glimpse)
+        if trained is not None:  # a decoder or glimpse encoder of another glimpse size
+            resample_glimpse_layers(module, payload[prefix], trained)
         own = module.state_dict()
         for name, value in payload[prefix].items():
             target = own.get(name)

@@ -73,6 +73,27 @@ class BernoulliHead(nn.Module):
         return torch.sigmoid(self.net(features))
 
 
+def resamples(
+    state: dict[str, torch.Tensor],
+    weight: str,
+    axis: int,
+    trained: tuple[int, int],
+    own: tuple[int, int],
+    message: str,
+) -> bool:
+    """Whether ``state[weight]`` is a layer over glimpses of ``trained`` pixels (along
+    ``axis`` of its matrix) and this module's glimpses (``own``) differ: then it warns
+    ``message`` (stacklevel of the caller's caller) and the caller resamples the layer.
+    A weight that is missing, or not over such glimpses, is left to the warm start, which
+    skips what does not fit."""
+    if tuple(trained) == tuple(own) or not isinstance(state.get(weight), torch.Tensor):
+        return False
+    if state[weight].dim() != 2 or state[weight].shape[axis] != math.prod(trained):
+        return False
+    warnings.warn(message, stacklevel=3)
+    return True
+
+
 class EncoderMLP(nn.Module):
     """An image to a feature vector (MLP variant): ``h^enc(x_t)`` of a whole frame and
     ``h^glimpse(g)`` of a glimpse are both this, on images of their own size."""
@@ -86,6 +107,38 @@ class EncoderMLP(nn.Module):
         return F.elu(self.net(images.flatten(-2)))
 
 
+class GlimpseEncoderMLP(EncoderMLP):
+    """``h^glimpse(g)``: :class:`EncoderMLP` on the glimpses the guide reads, of the config's
+    ``glimpse_size``. A warm start from a checkpoint that read glimpses of another size gets
+    its input layer resampled (:meth:`resample_state`)."""
+
+    #: the config field of a checkpoint that :meth:`resample_state` reads the trained size from
+    resampled_from = "glimpse_size"
+
+    def __init__(self, glimpse_size: tuple[int, int], sizes: list[int]) -> None:
+        super().__init__(glimpse_size, sizes)
+        self.glimpse_size = tuple(glimpse_size)
+
+    def resample_state(
+        self, state: dict[str, torch.Tensor], prefix: str, trained: tuple[int, int]
+    ) -> None:
+        """In ``state`` (a checkpoint's, keys under ``prefix``), resample an input layer
+        trained on glimpses of ``trained`` pixels to this encoder's: with ``R`` the bilinear
+        resampling of this encoder's glimpse to the trained one's on the same window
+        (:func:`~sqair_pyro.nn.spatial_transformer.resampling_matrix`), the weight becomes
+        ``W R``, so that it reads nearly what it read through the same windows (a departure
+        from the paper's 20x20 glimpses; docs/results.md, "A finer read glimpse")."""
+        weight, (height, width) = f"{prefix}net.0.weight", self.glimpse_size
+        message = (
+            f"the checkpoint's glimpse encoder read {trained[0]}x{trained[1]} glimpses, "
+            f"this one reads {height}x{width}: its input layer is resampled"
+        )
+        if not resamples(state, weight, 1, trained, self.glimpse_size, message):
+            return
+        resample = resampling_matrix(self.glimpse_size, tuple(trained)).to(state[weight])
+        state[weight] = state[weight] @ resample
+
+
 class GlimpseDecoderMLP(nn.Module):
     """``f^dec(z_what)``: z_what to glimpse intensities in (0, 1) (Alg. 1 line 4).
 
@@ -94,6 +147,9 @@ class GlimpseDecoderMLP(nn.Module):
     ``glimpse_size`` may be finer than the glimpse the encoders read (the config's
     ``decoder_glimpse_size``, a departure from the paper; :meth:`resample_state`).
     """
+
+    #: the config field of a checkpoint that :meth:`resample_state` reads the trained size from
+    resampled_from = "decoded_glimpse"
 
     def __init__(
         self,
@@ -123,15 +179,14 @@ class GlimpseDecoderMLP(nn.Module):
         decoded glimpse")."""
         last = len(self.net) - 1
         weight, bias = f"{prefix}net.{last}.weight", f"{prefix}net.{last}.bias"
-        if tuple(trained) == tuple(self.glimpse_size) or weight not in state or bias not in state:
-            return
-        if state[weight].dim() != 2 or state[weight].shape[0] != math.prod(trained):
-            return  # not a decoder of such glimpses: the warm start skips what does not fit
-        warnings.warn(
+        height, width = self.glimpse_size
+        message = (
             f"the checkpoint's decoder drew {trained[0]}x{trained[1]} glimpses, this one draws "
-            f"{self.glimpse_size[0]}x{self.glimpse_size[1]}: its output layer is resampled",
-            stacklevel=2,
+            f"{height}x{width}: its output layer is resampled"
         )
+        own = self.glimpse_size
+        if bias not in state or not resamples(state, weight, 0, trained, own, message):
+            return
         resample = resampling_matrix(tuple(trained), self.glimpse_size).to(state[weight])
         state[weight] = resample @ state[weight]
         state[bias] = resample @ state[bias]
